@@ -1,0 +1,1 @@
+"""Trio networking shared by every role: connections, listeners, links, shutdown."""
