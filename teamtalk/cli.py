@@ -1,0 +1,394 @@
+"""The ``teamtalk`` command: administration of the database, and the server roles.
+
+Administration commands work on the embedded SQLite database of a data
+directory (``--data-dir``, the default) or on the database named by a
+db_proxy_server conf file (``-c dbproxyserver.conf``)::
+
+    teamtalk init-db
+    teamtalk depart add Engineering
+    teamtalk user add alice --depart 1
+    teamtalk user list
+
+Each subcommand stores a ``handler(args) -> int`` in its parser defaults;
+:func:`main` calls it and returns its exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import unicodedata
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from teamtalk.storage import (
+    MASTER,
+    DatabaseEndpoint,
+    StorageUnavailable,
+    open_embedded_database,
+)
+from teamtalk.storage import departs, users
+from teamtalk.storage.database import Database, open_mysql, open_sqlite
+from teamtalk.storage.schema import TABLES, init_db
+
+logger = logging.getLogger(__name__)
+
+PROG = "teamtalk"
+DATA_DIR_ENV = "TEAMTALK_DATA_DIR"
+#: Connections the administration commands open on a MySQL database.
+ADMIN_POOL_SIZE = 1
+
+
+class CommandError(Exception):
+    """A command cannot run. The message gives the reason and what to do next."""
+
+
+def default_data_dir() -> Path:
+    """Return $TEAMTALK_DATA_DIR, else ``~/.local/share/teamtalk``."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "teamtalk"
+
+
+# ---------------------------------------------------------------------------
+# Which database a command works on
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """The database an administration command opens: a SQLite file or a MySQL instance."""
+
+    sqlite_path: Path | None = None
+    #: True when ``sqlite_path`` is ``teamtalk.db`` of a data directory.
+    data_dir: bool = False
+    mysql: DatabaseEndpoint | None = None
+
+
+def _storage_from_conf(path: str) -> DatabaseTarget:
+    """Return the database that db_proxy_server would use with the conf file ``path``."""
+    from teamtalk.config import ConfigError, load_config
+
+    try:
+        config = load_config("db_proxy_server", path)
+    except ConfigError as exc:
+        raise CommandError(f"invalid conf file {path}:\n{exc}") from exc
+
+    if config.db_engine == "sqlite":
+        return DatabaseTarget(sqlite_path=Path(config.sqlite_file))
+    master = config.db_instance(MASTER)
+    endpoint = DatabaseEndpoint(
+        master.host, master.port, master.dbname, master.username, master.password, ADMIN_POOL_SIZE
+    )
+    return DatabaseTarget(mysql=endpoint)
+
+
+def _endpoint_from_url(url: str) -> DatabaseEndpoint:
+    """Parse ``mysql://user[:password]@host[:port]/dbname``."""
+    parts = urllib.parse.urlsplit(url)
+    dbname = parts.path.lstrip("/")
+    if parts.scheme != "mysql" or not parts.hostname or not dbname:
+        raise CommandError(f"invalid MySQL URL {url!r}: expected mysql://user:password@host:port/dbname")
+    return DatabaseEndpoint(
+        parts.hostname,
+        parts.port or 3306,
+        urllib.parse.unquote(dbname),
+        urllib.parse.unquote(parts.username or "root"),
+        urllib.parse.unquote(parts.password or ""),
+        ADMIN_POOL_SIZE,
+    )
+
+
+def _target_from_args(args: argparse.Namespace) -> DatabaseTarget:
+    if getattr(args, "config", None):
+        return _storage_from_conf(args.config)
+    if getattr(args, "mysql_url", None):
+        return DatabaseTarget(mysql=_endpoint_from_url(args.mysql_url))
+    data_dir = getattr(args, "data_dir", None)
+    directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    return DatabaseTarget(sqlite_path=directory, data_dir=True)
+
+
+async def _open_database(target: DatabaseTarget) -> Database:
+    if target.mysql is not None:
+        host, port, dbname, user, password, pool_size = target.mysql
+        return await open_mysql(MASTER, host, port, user, password, dbname, pool_size)
+    assert target.sqlite_path is not None
+    if target.data_dir:
+        return await open_embedded_database(target.sqlite_path)
+    database = await open_sqlite(MASTER, str(target.sqlite_path))
+    try:
+        await init_db(database)
+    except BaseException:
+        await database.aclose()
+        raise
+    return database
+
+
+def _run_with_database(command: Callable[[Database, argparse.Namespace], Awaitable[None]]) -> Callable:
+    """Wrap an async command into a handler that opens and closes its database."""
+
+    def handler(args: argparse.Namespace) -> int:
+        target = _target_from_args(args)
+
+        async def run() -> None:
+            database = await _open_database(target)
+            try:
+                await command(database, args)
+            finally:
+                await database.aclose()
+
+        trio.run(run)
+        return 0
+
+    return handler
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _display_width(text: str) -> int:
+    """Return the terminal columns ``text`` takes (CJK characters take two)."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print rows as left-aligned columns under a header line."""
+    cells = [[str(value) for value in row] for row in [headers, *rows]]
+    widths = [max(_display_width(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        padded = [value + " " * (width - _display_width(value)) for value, width in zip(row, widths)]
+        print("  ".join(padded).rstrip())
+
+
+def _status_text(status: int) -> str:
+    if status == users.STATUS_ACTIVE:
+        return "active"
+    if status == users.STATUS_DISABLED:
+        return "disabled"
+    return f"status {status}"
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        if not args.password:
+            raise CommandError("the password must not be empty")
+        return args.password
+    try:
+        first = getpass.getpass(f"Password for {args.name}: ")
+        second = getpass.getpass("Repeat the password: ")
+    except EOFError:
+        raise CommandError("no password given: pass --password or run the command in a terminal") from None
+    if not first:
+        raise CommandError("the password must not be empty")
+    if first != second:
+        raise CommandError("the two passwords differ; run the command again")
+    return first
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+async def _init_db(database: Database, args: argparse.Namespace) -> None:
+    # The database was opened with init_db for SQLite; running it again is
+    # harmless and covers MySQL.
+    await init_db(database)
+    print(f"{len(TABLES)} tables ready in {database.description}")
+
+
+async def _user_add(database: Database, args: argparse.Namespace) -> None:
+    if args.depart and await departs.get_depart(database, args.depart) is None:
+        raise CommandError(f"no department with id {args.depart}; see `{PROG} depart list`")
+    password = _read_password(args)
+    user_id = await users.add_user(
+        database,
+        args.name,
+        password,
+        nick=args.nick,
+        real_name=args.real_name,
+        depart_id=args.depart,
+        email=args.email,
+        phone=args.phone,
+        sex=args.sex,
+        domain=args.domain,
+    )
+    print(f"added user {user_id}: {args.name}")
+
+
+async def _user_list(database: Database, args: argparse.Namespace) -> None:
+    rows = await users.list_users(database)
+    print_table(
+        ("ID", "NAME", "NICK", "DEPART", "STATUS", "EMAIL", "PHONE"),
+        [(u.id, u.name, u.nick, u.depart_id, _status_text(u.status), u.email, u.phone) for u in rows],
+    )
+
+
+async def _user_passwd(database: Database, args: argparse.Namespace) -> None:
+    if await users.get_user_by_name(database, args.name) is None:
+        raise CommandError(f"no user named {args.name!r}; see `{PROG} user list`")
+    password = _read_password(args)
+    await users.set_password(database, args.name, password)
+    print(f"password of {args.name} changed")
+
+
+async def _user_disable(database: Database, args: argparse.Namespace) -> None:
+    await users.set_user_status(database, args.name, users.STATUS_DISABLED)
+    print(f"user {args.name} disabled: cannot log in")
+
+
+async def _user_enable(database: Database, args: argparse.Namespace) -> None:
+    await users.set_user_status(database, args.name, users.STATUS_ACTIVE)
+    print(f"user {args.name} enabled: can log in")
+
+
+async def _depart_add(database: Database, args: argparse.Namespace) -> None:
+    depart_id = await departs.add_depart(database, args.name, args.parent, args.priority)
+    print(f"added department {depart_id}: {args.name}")
+
+
+async def _depart_list(database: Database, args: argparse.Namespace) -> None:
+    rows = await departs.list_departs(database)
+    print_table(
+        ("ID", "NAME", "PARENT", "PRIORITY", "STATUS"),
+        [(d.id, d.name, d.parent_id, d.priority, "ok" if d.status == 0 else "deleted") for d in rows],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+
+def _storage_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("storage")
+    exclusive = group.add_mutually_exclusive_group()
+    exclusive.add_argument(
+        "--data-dir", metavar="DIR",
+        help=f"data directory of the embedded SQLite database (default: ${DATA_DIR_ENV},"
+             " else ~/.local/share/teamtalk); created if missing",
+    )
+    exclusive.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="dbproxyserver.conf: use its teamtalk_master MySQL instance (or its SqliteFile)",
+    )
+    # For tests and scripts: mysql://user:password@host:port/dbname.
+    exclusive.add_argument("--mysql-url", help=argparse.SUPPRESS)
+    return parent
+
+
+def _int_at_least_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_admin_commands(subparsers: argparse._SubParsersAction) -> None:
+    storage = _storage_options()
+
+    init = subparsers.add_parser(
+        "init-db", parents=[storage], help="create the missing tables (safe to repeat)",
+        description="Create every missing TeamTalk table and index; existing tables are left untouched.",
+    )
+    init.set_defaults(handler=_run_with_database(_init_db))
+
+    user = subparsers.add_parser("user", help="add, list and change users")
+    user_commands = user.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
+
+    password_help = "the plain password (visible to other local users in the process list);" \
+                    " prompted for when omitted"
+    add = user_commands.add_parser("add", parents=[storage], help="add a user who can log in")
+    add.add_argument("name", help="login name (at most 32 characters)")
+    add.add_argument("--password", help=password_help)
+    add.add_argument("--nick", default="", help="nick name")
+    add.add_argument("--real-name", default="",
+                     help="must equal NAME: clients show the login name as the real name")
+    add.add_argument("--depart", type=_int_at_least_zero, default=0, metavar="ID", help="department id")
+    add.add_argument("--email", default="")
+    add.add_argument("--phone", default="", help="phone number (at most 11 characters)")
+    add.add_argument("--sex", type=int, choices=(0, 1, 2), default=0, help="1 male, 2 female, 0 unknown")
+    add.add_argument("--domain", default="", help="pinyin of the name, used by clients to search")
+    add.set_defaults(handler=_run_with_database(_user_add))
+
+    listing = user_commands.add_parser("list", parents=[storage], help="list every user")
+    listing.set_defaults(handler=_run_with_database(_user_list))
+
+    passwd = user_commands.add_parser("passwd", parents=[storage], help="set a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password", help=password_help)
+    passwd.set_defaults(handler=_run_with_database(_user_passwd))
+
+    disable = user_commands.add_parser("disable", parents=[storage], help="stop a user from logging in")
+    disable.add_argument("name")
+    disable.set_defaults(handler=_run_with_database(_user_disable))
+
+    enable = user_commands.add_parser("enable", parents=[storage], help="let a disabled user log in again")
+    enable.add_argument("name")
+    enable.set_defaults(handler=_run_with_database(_user_enable))
+
+    depart = subparsers.add_parser("depart", help="add and list departments")
+    depart_commands = depart.add_subparsers(dest="depart_command", metavar="COMMAND", required=True)
+
+    depart_add = depart_commands.add_parser("add", parents=[storage], help="add a department")
+    depart_add.add_argument("name", help="department name (at most 64 characters)")
+    depart_add.add_argument("--parent", type=_int_at_least_zero, default=0, metavar="ID",
+                            help="id of the parent department (default: 0, top level)")
+    depart_add.add_argument("--priority", type=_int_at_least_zero, default=0, metavar="N",
+                            help="display order in clients")
+    depart_add.set_defaults(handler=_run_with_database(_depart_add))
+
+    depart_list = depart_commands.add_parser("list", parents=[storage], help="list every department")
+    depart_list.set_defaults(handler=_run_with_database(_depart_list))
+
+
+def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the server roles and ``serve``; each sets ``handler(args) -> int`` in its defaults.
+
+    NOTE: no role command exists yet; the server roles are added here.
+    """
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="TeamTalk-compatible IM server and its administration.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_admin_commands(subparsers)
+    add_role_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``teamtalk`` command and return its exit status.
+
+    0 on success, 1 when the command fails (the reason is printed to
+    stderr), 2 for invalid arguments.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+    try:
+        return args.handler(args)
+    except (CommandError, StorageUnavailable, users.AlreadyExists, users.NotFound, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
