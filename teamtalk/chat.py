@@ -1,0 +1,765 @@
+"""`teamtalk chat`: a terminal client for trying a server from two terminals.
+
+It requests a msg_server from login_server (or takes one from ``--msg-server``),
+logs in, prints the recent sessions and the messages that arrived while the
+user was offline, then runs two tasks: one reads commands and text lines from
+stdin, the other prints pushed messages as they arrive. A message from the
+current peer is read-acked as soon as it is shown, and choosing a peer with
+``/to`` read-acks what was unread from that peer, as the original clients do
+when a chat window opens.
+
+Screen text is English, or Chinese when the locale (LC_ALL, LC_MESSAGES or
+LANG, in that order of precedence) starts with ``zh``. All of it sits in
+``TEXTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import logging
+import os
+import sys
+import time
+
+import trio
+
+from teamtalk.client import (
+    DEFAULT_REQUEST_TIMEOUT,
+    Client,
+    ClientError,
+    LoginRefused,
+    open_client,
+    session_type_of,
+)
+from teamtalk.pb import IM_BaseDefine as BD
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_COUNT = 10
+MAX_HISTORY_COUNT = 200
+MAX_OFFLINE_MESSAGES = 50  # per session, fetched at start
+PREVIEW_LENGTH = 40  # characters of the latest message shown per session
+MAX_LINE_LENGTH = 64 * 1024  # bytes of one input line read from a stream
+
+TEXTS = {
+    "en": {
+        "password_prompt": "Password: ",
+        "looking_up": "Asking login_server {host}:{port} for a msg_server...",
+        "connecting": "Connecting to msg_server {host}:{port}...",
+        "logged_in": "Logged in as {name} (user id {user_id}) on msg_server {server}.",
+        "login_refused": "Login rejected: {reason} (code {code}).",
+        "error": "Error: {error}",
+        "aes_unavailable": "--aes-key needs the Python package 'cryptography', which is not installed.",
+        "aes_bad_key": "--aes-key must be 32 bytes long (AES-256), not {length}.",
+        "sessions_header": "Recent sessions:",
+        "session_line": "  {name} ({session_id}){unread}: {preview}",
+        "session_unread": " [{count} unread]",
+        "no_sessions": "No recent sessions.",
+        "offline_header": "Unread messages from {name} ({count}):",
+        "unread_header": "Unread messages: {total}",
+        "unread_line": "  {name} ({session_id}): {count}",
+        "no_unread": "No unread messages.",
+        "message": "[{time}] {name}: {text}",
+        "me": "me",
+        "group_name": "group {group_id}",
+        "undecryptable": "[cannot decrypt this message]",
+        "help_hint": "Type /help for the commands.",
+        "help": (
+            "Commands:\n"
+            "  /to NAME_OR_ID   choose the user to talk to (nick name, real name or user id)\n"
+            "  /history [N]     show the last N messages with that user (default 10) and mark them read\n"
+            "  /unread          show the unread message counts\n"
+            "  /sessions        show the recent sessions\n"
+            "  /help            show this help\n"
+            "  /quit            log out and leave (the end of input also quits)\n"
+            "Any other line is sent to the current user. Start a line with // to send text that begins with /."
+        ),
+        "to_usage": "Usage: /to NAME_OR_ID",
+        "peer_current": "You are talking to {name} ({user_id}).",
+        "peer_set": "Now talking to {name} ({user_id}).",
+        "peer_unknown": "No user matches '{query}'.",
+        "peer_ambiguous": "'{query}' matches several users: {names}. Use the user id.",
+        "peer_self": "You cannot send messages to yourself.",
+        "no_peer": "Choose a user first: /to NAME_OR_ID",
+        "sent": "sent (msg_id {msg_id})",
+        "send_failed": "Not sent: {error}",
+        "history_header": "Last {count} messages with {name}:",
+        "history_empty": "No messages with {name}.",
+        "bad_count": "/history takes a number from 1 to {maximum}, e.g. /history 20",
+        "unknown_command": "Unknown command {command}. Type /help for the commands.",
+        "status_online": "{name} is online.",
+        "status_offline": "{name} went offline.",
+        "status_leave": "{name} is away.",
+        "kicked": "The server logged you out: {reason}",
+        "kick_duplicate": "you logged in somewhere else",
+        "kick_mobile": "your mobile client logged this client out",
+        "closed": "Connection closed: {reason}",
+        "bye": "Bye.",
+    },
+    "zh": {
+        "password_prompt": "密码：",
+        "looking_up": "正在向登录服务器 {host}:{port} 查询消息服务器……",
+        "connecting": "正在连接消息服务器 {host}:{port}……",
+        "logged_in": "已登录：{name}（用户 ID {user_id}），消息服务器 {server}。",
+        "login_refused": "登录被拒绝：{reason}（错误码 {code}）。",
+        "error": "出错了：{error}",
+        "aes_unavailable": "使用 --aes-key 需要安装 Python 包 cryptography，当前未安装。",
+        "aes_bad_key": "--aes-key 必须是 32 字节（AES-256），现在是 {length} 字节。",
+        "sessions_header": "最近会话：",
+        "session_line": "  {name}（{session_id}）{unread}：{preview}",
+        "session_unread": " [{count} 条未读]",
+        "no_sessions": "没有最近会话。",
+        "offline_header": "{name} 发来的未读消息（{count} 条）：",
+        "unread_header": "未读消息共 {total} 条",
+        "unread_line": "  {name}（{session_id}）：{count} 条",
+        "no_unread": "没有未读消息。",
+        "message": "[{time}] {name}：{text}",
+        "me": "我",
+        "group_name": "群 {group_id}",
+        "undecryptable": "[无法解密这条消息]",
+        "help_hint": "输入 /help 查看命令。",
+        "help": (
+            "命令：\n"
+            "  /to 名字或ID     选择聊天对象（昵称、真实姓名或用户 ID）\n"
+            "  /history [N]     显示与当前对象的最近 N 条消息（默认 10 条）并标为已读\n"
+            "  /unread          显示未读消息数\n"
+            "  /sessions        显示最近会话\n"
+            "  /help            显示本帮助\n"
+            "  /quit            退出登录并离开（输入结束时也会退出）\n"
+            "其他输入会发送给当前聊天对象。以 // 开头可以发送以 / 开头的内容。"
+        ),
+        "to_usage": "用法：/to 名字或ID",
+        "peer_current": "当前聊天对象：{name}（{user_id}）。",
+        "peer_set": "现在与 {name}（{user_id}）聊天。",
+        "peer_unknown": "找不到用户“{query}”。",
+        "peer_ambiguous": "“{query}”对应多个用户：{names}。请使用用户 ID。",
+        "peer_self": "不能给自己发消息。",
+        "no_peer": "请先选择聊天对象：/to 名字或ID",
+        "sent": "已发送（msg_id {msg_id}）",
+        "send_failed": "发送失败：{error}",
+        "history_header": "与 {name} 的最近 {count} 条消息：",
+        "history_empty": "与 {name} 没有消息记录。",
+        "bad_count": "/history 后面应为 1 到 {maximum} 的数字，例如 /history 20",
+        "unknown_command": "未知命令 {command}。输入 /help 查看命令。",
+        "status_online": "{name} 上线了。",
+        "status_offline": "{name} 下线了。",
+        "status_leave": "{name} 暂时离开。",
+        "kicked": "你已被服务器下线：{reason}",
+        "kick_duplicate": "你在别处登录了",
+        "kick_mobile": "手机端让这个客户端下线了",
+        "closed": "连接已断开：{reason}",
+        "bye": "再见。",
+    },
+}
+
+_STATUS_TEXT = {
+    BD.USER_STATUS_ONLINE: "status_online",
+    BD.USER_STATUS_OFFLINE: "status_offline",
+    BD.USER_STATUS_LEAVE: "status_leave",
+}
+_KICK_TEXT = {
+    BD.KICK_REASON_DUPLICATE_USER: "kick_duplicate",
+    BD.KICK_REASON_MOBILE_KICK: "kick_mobile",
+}
+
+
+def choose_language(choice: str = "auto", environ=None) -> str:
+    """Return "zh" or "en": ``choice`` unless it is "auto", else from the locale variables."""
+    if choice in TEXTS:
+        return choice
+    environ = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(name, "")
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+class Screen:
+    """A text stream that prints the strings of one language's ``TEXTS`` table."""
+
+    def __init__(self, stream, language: str) -> None:
+        self.stream = stream
+        self.texts = TEXTS[language]
+
+    def text(self, key: str, **values) -> str:
+        return self.texts[key].format(**values)
+
+    def say(self, key: str, **values) -> None:
+        self.write_line(self.text(key, **values))
+
+    def write_line(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def prompt(self, key: str) -> None:
+        self.stream.write(self.texts[key])
+        self.stream.flush()
+
+
+# ----------------------------------------------------------------------
+# Input
+
+
+class StreamLines:
+    """Lines read from a Trio ReceiveStream of UTF-8 bytes (used by tests and pipes)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._eof = False
+
+    async def readline(self) -> str | None:
+        """Return the next line without its line ending, or None at the end of input."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end + 1]
+                return line.decode("utf-8", errors="replace").rstrip("\r")
+            if self._eof:
+                if not self._buffer:
+                    return None
+                line, self._buffer = bytes(self._buffer), bytearray()
+                return line.decode("utf-8", errors="replace")
+            if len(self._buffer) > MAX_LINE_LENGTH:
+                # An overlong line is cut, and its rest is read as the next line.
+                line = bytes(self._buffer[:MAX_LINE_LENGTH])
+                del self._buffer[:MAX_LINE_LENGTH]
+                return line.decode("utf-8", errors="replace")
+            data = await self._stream.receive_some(4096)
+            if data:
+                self._buffer += data
+            else:
+                self._eof = True
+
+
+class FileLines:
+    """Lines read from a blocking text file such as sys.stdin, in a worker thread.
+
+    A thread keeps the terminal's file descriptor in blocking mode, which the
+    shell that started us shares. On cancellation the thread is abandoned and
+    stays blocked until the next line or the end of input.
+    """
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    async def readline(self) -> str | None:
+        line = await trio.to_thread.run_sync(self._file.readline, abandon_on_cancel=True)
+        if not line:
+            return None
+        return line.rstrip("\r\n")
+
+
+# ----------------------------------------------------------------------
+# msg_data encoding
+
+
+class PlainCodec:
+    """msg_data as plain UTF-8.
+
+    NOTE: the original clients encrypt msg_data (see AesCodec), so they
+    cannot decrypt our plain messages, and we show theirs as undecryptable
+    unless the chat runs with the same --aes-key.
+    """
+
+    def encode(self, text: str) -> bytes:
+        return text.encode("utf-8")
+
+    def decode(self, data: bytes) -> str | None:
+        return data.decode("utf-8", errors="replace")
+
+
+class AesCodec:
+    """msg_data encrypted like the original clients: AES-256-ECB, then base64.
+
+    This is the scheme of ``CAes`` in the original server/src/base/EncDec.cpp,
+    which the servers use to read the clients' messages for push text.
+
+    The plain bytes are zero-padded to whole 16-byte blocks, and the last four
+    bytes of the last block hold the plain length as a big-endian uint32. A
+    block is added when fewer than four bytes are left for the length.
+    """
+
+    BLOCK = 16
+
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        if len(key) != 32:
+            raise ValueError(f"AES-256 key must be 32 bytes, not {len(key)}")
+        self._cipher = Cipher(algorithms.AES(key), modes.ECB())
+
+    def encode(self, text: str) -> bytes:
+        plain = text.encode("utf-8")
+        blocks = -(-len(plain) // self.BLOCK)
+        remainder = len(plain) % self.BLOCK
+        if remainder == 0 or remainder > self.BLOCK - 4:
+            blocks += 1
+        padded = bytearray(blocks * self.BLOCK)
+        padded[:len(plain)] = plain
+        padded[-4:] = len(plain).to_bytes(4, "big")
+        encryptor = self._cipher.encryptor()
+        return base64.b64encode(encryptor.update(bytes(padded)) + encryptor.finalize())
+
+    def decode(self, data: bytes) -> str | None:
+        """Return the decrypted text, or None when ``data`` is not such a ciphertext."""
+        try:
+            encrypted = base64.b64decode(data, validate=True)
+        except ValueError:
+            return None
+        if not encrypted or len(encrypted) % self.BLOCK:
+            return None
+        decryptor = self._cipher.decryptor()
+        plain = decryptor.update(encrypted) + decryptor.finalize()
+        length = int.from_bytes(plain[-4:], "big")
+        if length > len(plain) - 4:
+            return None
+        return plain[:length].decode("utf-8", errors="replace")
+
+
+def make_codec(aes_key: str | None):
+    """Return the msg_data codec for ``--aes-key``; raise ImportError or ValueError."""
+    if aes_key is None:
+        return PlainCodec()
+    return AesCodec(aes_key.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------
+# The chat session
+
+
+class ChatSession:
+    """The state of one logged-in chat: known users, current peer, unread messages."""
+
+    def __init__(self, client: Client, screen: Screen, lines, codec) -> None:
+        self.client = client
+        self.screen = screen
+        self.lines = lines
+        self.codec = codec
+        self.users: dict[int, BD.UserInfo] = {}
+        self.peer_id: int | None = None
+        # Latest unread msg_id per (session_type, session_id), read-acked when shown.
+        self.unread_latest: dict[tuple[int, int], int] = {}
+        self.quitting = False
+        self.exit_code = 0
+        self.commands = {
+            "/to": self.command_to,
+            "/history": self.command_history,
+            "/unread": self.command_unread,
+            "/sessions": self.command_sessions,
+            "/help": self.command_help,
+        }
+
+    async def run(self) -> int:
+        """Show the start-up screens, then chat until /quit, end of input or a closed connection."""
+        await self.load_users()
+        me = self.client.user_id
+        self.screen.say("logged_in", name=self.name_of(me), user_id=me, server=self.client.peer)
+        try:
+            unread = await self.client.unread_counts()
+            await self.show_sessions(unread)
+            await self.show_offline_messages(unread)
+        except ClientError as exc:
+            self.screen.say("error", error=exc)
+        self.screen.say("help_hint")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.print_events, nursery.cancel_scope)
+            await self.read_commands()
+            nursery.cancel_scope.cancel()
+        return self.exit_code
+
+    # -- users
+
+    async def load_users(self) -> None:
+        if self.client.user_info is not None:
+            self.users[self.client.user_id] = self.client.user_info
+        try:
+            response = await self.client.all_users(0)
+        except ClientError as exc:
+            logger.info("all_users failed, only user ids will work in /to: %s", exc)
+            return
+        for user in response.user_list:
+            self.users[user.user_id] = user
+
+    async def learn_users(self, user_ids) -> None:
+        """Fetch the UserInfo of users not known yet; failures leave them shown by id."""
+        missing = sorted({user_id for user_id in user_ids if user_id and user_id not in self.users})
+        if not missing:
+            return
+        try:
+            response = await self.client.users_info(missing)
+        except ClientError as exc:
+            logger.info("users_info for %d users failed: %s", len(missing), exc)
+            return
+        for user in response.user_info_list:
+            self.users[user.user_id] = user
+
+    def name_of(self, user_id: int) -> str:
+        user = self.users.get(user_id)
+        if user is None:
+            return str(user_id)
+        return user.user_nick_name or user.user_real_name or str(user_id)
+
+    def session_name(self, session_type: int, session_id: int) -> str:
+        if session_type == BD.SESSION_TYPE_GROUP:
+            return self.screen.text("group_name", group_id=session_id)
+        return self.name_of(session_id)
+
+    # -- printing messages
+
+    def decode(self, data: bytes) -> str:
+        text = self.codec.decode(data)
+        return self.screen.text("undecryptable") if text is None else text
+
+    def print_message(self, from_user_id: int, create_time: int, data: bytes, session_type: int,
+                      session_id: int, with_date: bool = False) -> None:
+        if from_user_id == self.client.user_id:
+            name = self.screen.text("me")
+            if session_type == BD.SESSION_TYPE_SINGLE and session_id != from_user_id:
+                name = f"{name} → {self.name_of(session_id)}"
+        else:
+            name = self.name_of(from_user_id)
+        if session_type == BD.SESSION_TYPE_GROUP:
+            name = f"{name} @ {self.session_name(session_type, session_id)}"
+        pattern = "%Y-%m-%d %H:%M" if with_date else "%H:%M:%S"
+        stamp = time.strftime(pattern, time.localtime(create_time))
+        self.screen.say("message", time=stamp, name=name, text=self.decode(data))
+
+    async def show_sessions(self, unread) -> None:
+        counts = {(info.session_type, info.session_id): info.unread_cnt for info in unread.unreadinfo_list}
+        response = await self.client.recent_sessions(0)
+        sessions = [session for session in response.contact_session_list
+                    if session.session_status == BD.SESSION_STATUS_OK]
+        sessions.sort(key=lambda session: session.updated_time, reverse=True)
+        await self.learn_users(session.session_id for session in sessions
+                               if session.session_type == BD.SESSION_TYPE_SINGLE)
+        if not sessions:
+            self.screen.say("no_sessions")
+            return
+
+        self.screen.say("sessions_header")
+        for session in sessions:
+            count = counts.get((session.session_type, session.session_id), 0)
+            unread_text = self.screen.text("session_unread", count=count) if count else ""
+            preview = self.decode(session.latest_msg_data).replace("\n", " ")
+            if len(preview) > PREVIEW_LENGTH:
+                preview = preview[:PREVIEW_LENGTH] + "…"
+            self.screen.say("session_line", name=self.session_name(session.session_type, session.session_id),
+                            session_id=session.session_id, unread=unread_text, preview=preview)
+
+    async def show_offline_messages(self, unread) -> None:
+        """Print the unread messages of each session, oldest first, and remember them as unread."""
+        await self.learn_users(info.session_id for info in unread.unreadinfo_list
+                               if info.session_type == BD.SESSION_TYPE_SINGLE)
+        for info in unread.unreadinfo_list:
+            if info.unread_cnt == 0:
+                continue
+            count = min(info.unread_cnt, MAX_OFFLINE_MESSAGES)
+            response = await self.client.message_list(info.session_id, info.session_type, 0, count)
+            messages = sorted(response.msg_list, key=lambda msg: msg.msg_id)
+            await self.learn_users(msg.from_session_id for msg in messages)
+            self.screen.say("offline_header", name=self.session_name(info.session_type, info.session_id),
+                            count=info.unread_cnt)
+            for msg in messages:
+                self.print_message(msg.from_session_id, msg.create_time, msg.msg_data, info.session_type,
+                                   info.session_id, with_date=True)
+            latest = max([info.latest_msg_id] + [msg.msg_id for msg in messages])
+            self.unread_latest[(info.session_type, info.session_id)] = latest
+
+    # -- pushed events
+
+    async def print_events(self, cancel_scope: trio.CancelScope) -> None:
+        """Print pushed events until the connection closes, then end the chat."""
+        async for event in self.client.events_receive:
+            try:
+                await self.handle_event(event)
+            except ClientError as exc:
+                self.screen.say("error", error=exc)
+        if not self.quitting:
+            if self.client.kick_reason is not None:
+                reason_key = _KICK_TEXT.get(self.client.kick_reason)
+                reason = self.screen.text(reason_key) if reason_key else str(self.client.kick_reason)
+                self.screen.say("kicked", reason=reason)
+            else:
+                self.screen.say("closed", reason=self.client.close_reason)
+            self.exit_code = 1
+        cancel_scope.cancel()
+
+    async def handle_event(self, event) -> None:
+        message = event.message
+        if event.command_id == BD.CID_MSG_DATA:
+            await self.show_delivered(message)
+        elif event.command_id == BD.CID_BUDDY_LIST_STATUS_NOTIFY:
+            stat = message.user_stat
+            key = _STATUS_TEXT.get(stat.status)
+            if key is not None and stat.user_id != self.client.user_id:
+                await self.learn_users([stat.user_id])
+                self.screen.say(key, name=self.name_of(stat.user_id))
+        elif event.command_id == BD.CID_MSG_READ_NOTIFY:
+            # Another device of ours read this session.
+            self.unread_latest.pop((message.session_type, message.session_id), None)
+        else:
+            logger.debug("not shown: %s", event.name)
+
+    async def show_delivered(self, msg) -> None:
+        session_type = session_type_of(msg.msg_type)
+        session_id = self.client.session_of(msg)
+        await self.learn_users([msg.from_user_id, session_id] if session_type == BD.SESSION_TYPE_SINGLE
+                               else [msg.from_user_id])
+        self.print_message(msg.from_user_id, msg.create_time, msg.msg_data, session_type, session_id)
+        if msg.from_user_id == self.client.user_id:
+            return
+        if session_type == BD.SESSION_TYPE_SINGLE and session_id == self.peer_id:
+            await self.client.read_ack(session_id, msg.msg_id, session_type)
+        else:
+            self.unread_latest[(session_type, session_id)] = msg.msg_id
+
+    # -- commands
+
+    async def read_commands(self) -> None:
+        """Run commands and send text lines until /quit or the end of input."""
+        while True:
+            line = await self.lines.readline()
+            if line is None:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("//"):
+                await self.send(line[1:])
+                continue
+            if not line.startswith("/"):
+                await self.send(line)
+                continue
+
+            command, _, argument = line.partition(" ")
+            command = command.lower()
+            if command == "/quit":
+                break
+            handler = self.commands.get(command)
+            if handler is None:
+                self.screen.say("unknown_command", command=command)
+                continue
+            try:
+                await handler(argument.strip())
+            except ClientError as exc:
+                self.screen.say("error", error=exc)
+        await self.quit()
+
+    async def quit(self) -> None:
+        self.quitting = True
+        if not self.client.closed:
+            try:
+                await self.client.logout(timeout=min(self.client.request_timeout, 5.0))
+            except ClientError as exc:
+                logger.info("logout failed: %s", exc)
+        self.screen.say("bye")
+
+    async def send(self, text: str) -> None:
+        if self.peer_id is None:
+            self.screen.say("no_peer")
+            return
+        try:
+            ack = await self.client.send_text(self.peer_id, self.codec.encode(text))
+        except (ClientError, ValueError) as exc:
+            self.screen.say("send_failed", error=exc)
+            return
+        self.screen.say("sent", msg_id=ack.msg_id)
+
+    async def command_to(self, argument: str) -> None:
+        if not argument:
+            if self.peer_id is None:
+                self.screen.say("to_usage")
+            else:
+                self.screen.say("peer_current", name=self.name_of(self.peer_id), user_id=self.peer_id)
+            return
+        user_id = await self.find_user(argument)
+        if user_id is None:
+            return
+        if user_id == self.client.user_id:
+            self.screen.say("peer_self")
+            return
+
+        self.peer_id = user_id
+        self.screen.say("peer_set", name=self.name_of(user_id), user_id=user_id)
+        latest = self.unread_latest.pop((BD.SESSION_TYPE_SINGLE, user_id), None)
+        if latest:
+            await self.client.read_ack(user_id, latest, BD.SESSION_TYPE_SINGLE)
+
+    async def find_user(self, query: str) -> int | None:
+        """Return the user id that ``query`` names (an id, nick, real name or domain), else print why not."""
+        if query.isdigit():
+            user_id = int(query)
+            if not 1 <= user_id <= 0xFFFFFFFF:
+                self.screen.say("peer_unknown", query=query)
+                return None
+            await self.learn_users([user_id])
+            return user_id
+
+        wanted = query.casefold()
+
+        def names(user):
+            return (user.user_nick_name.casefold(), user.user_real_name.casefold(), user.user_domain.casefold())
+
+        matches = [user for user in self.users.values() if wanted in names(user)]
+        if not matches:
+            matches = [user for user in self.users.values()
+                       if any(name.startswith(wanted) for name in names(user) if name)]
+        if len(matches) == 1:
+            return matches[0].user_id
+        if not matches:
+            self.screen.say("peer_unknown", query=query)
+        else:
+            listed = ", ".join(f"{self.name_of(user.user_id)} ({user.user_id})" for user in matches[:10])
+            self.screen.say("peer_ambiguous", query=query, names=listed)
+        return None
+
+    async def command_history(self, argument: str) -> None:
+        if self.peer_id is None:
+            self.screen.say("no_peer")
+            return
+        count = DEFAULT_HISTORY_COUNT
+        if argument:
+            if not argument.isdigit() or not 1 <= int(argument) <= MAX_HISTORY_COUNT:
+                self.screen.say("bad_count", maximum=MAX_HISTORY_COUNT)
+                return
+            count = int(argument)
+
+        peer_id = self.peer_id
+        response = await self.client.message_list(peer_id, BD.SESSION_TYPE_SINGLE, 0, count)
+        messages = sorted(response.msg_list, key=lambda msg: msg.msg_id)
+        if not messages:
+            self.screen.say("history_empty", name=self.name_of(peer_id))
+            return
+        self.screen.say("history_header", count=len(messages), name=self.name_of(peer_id))
+        for msg in messages:
+            self.print_message(msg.from_session_id, msg.create_time, msg.msg_data, BD.SESSION_TYPE_SINGLE,
+                               peer_id, with_date=True)
+        self.unread_latest.pop((BD.SESSION_TYPE_SINGLE, peer_id), None)
+        await self.client.read_ack(peer_id, messages[-1].msg_id, BD.SESSION_TYPE_SINGLE)
+
+    async def command_unread(self, argument: str) -> None:
+        response = await self.client.unread_counts()
+        if not response.unreadinfo_list:
+            self.screen.say("no_unread")
+            return
+        await self.learn_users(info.session_id for info in response.unreadinfo_list
+                               if info.session_type == BD.SESSION_TYPE_SINGLE)
+        self.screen.say("unread_header", total=response.total_cnt)
+        for info in response.unreadinfo_list:
+            self.screen.say("unread_line", name=self.session_name(info.session_type, info.session_id),
+                            session_id=info.session_id, count=info.unread_cnt)
+
+    async def command_sessions(self, argument: str) -> None:
+        await self.show_sessions(await self.client.unread_counts())
+
+    async def command_help(self, argument: str) -> None:
+        self.screen.say("help")
+
+
+# ----------------------------------------------------------------------
+# Entry points
+
+
+async def run_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    """Run ``teamtalk chat`` and return its exit status (0 after /quit or end of input).
+
+    ``stdin`` is a Trio ReceiveStream of UTF-8 bytes or a text file, and
+    defaults to sys.stdin. ``stdout`` is a text file and defaults to
+    sys.stdout. Without ``--password``, the password is the first input line
+    when ``stdin`` is given, and is asked with getpass otherwise.
+    """
+    screen = Screen(stdout if stdout is not None else sys.stdout, choose_language(args.lang))
+    if stdin is not None and hasattr(stdin, "receive_some"):
+        lines = StreamLines(stdin)
+    else:
+        lines = FileLines(stdin if stdin is not None else sys.stdin)
+
+    try:
+        codec = make_codec(args.aes_key)
+    except ImportError:
+        screen.say("aes_unavailable")
+        return 2
+    except ValueError:
+        screen.say("aes_bad_key", length=len(args.aes_key.encode("utf-8")))
+        return 2
+
+    password = args.password
+    if password is None:
+        if stdin is None:
+            password = await trio.to_thread.run_sync(getpass.getpass, screen.text("password_prompt"))
+        else:
+            screen.prompt("password_prompt")
+            password = await lines.readline() or ""
+
+    client_options = {"request_timeout": args.timeout}
+    try:
+        if args.msg_server is not None:
+            host, port = args.msg_server
+            screen.say("connecting", host=host, port=port)
+            async with Client.connect(host, port, connect_timeout=args.timeout, **client_options) as client:
+                await client.login(args.user, password)
+                return await ChatSession(client, screen, lines, codec).run()
+        screen.say("looking_up", host=args.login_host, port=args.login_port)
+        async with open_client(args.login_host, args.login_port, args.user, password,
+                               client_options=client_options, connect_timeout=args.timeout) as client:
+            return await ChatSession(client, screen, lines, codec).run()
+    except LoginRefused as exc:
+        reason = exc.result_string or str(exc)
+        screen.say("login_refused", reason=reason, code=exc.result_code)
+        return 1
+    except ClientError as exc:
+        screen.say("error", error=exc)
+        return 1
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:8000`` for IPv6) for argparse."""
+    host, separator, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 1 to 65535, not {text!r}")
+    return host, int(port)
+
+
+def chat_main(args: argparse.Namespace) -> int:
+    """Run the chat in a new Trio run; the ``func`` of the ``chat`` subcommand."""
+    try:
+        return trio.run(run_chat, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_chat_command(subparsers) -> argparse.ArgumentParser:
+    """Register the ``chat`` subcommand on an argparse subparsers object and return its parser."""
+    parser = subparsers.add_parser(
+        "chat",
+        help="chat from a terminal, to try a server",
+        description="Log in to a TeamTalk server and chat from the terminal. Incoming messages are "
+                    "printed as they arrive; type /help once logged in for the commands.",
+    )
+    parser.add_argument("--login-host", default="127.0.0.1",
+                        help="login_server host (default: %(default)s)")
+    parser.add_argument("--login-port", type=int, default=8080,
+                        help="login_server HTTP port that serves /msg_server (default: %(default)s)")
+    parser.add_argument("--msg-server", type=parse_host_port, metavar="HOST:PORT",
+                        help="connect to this msg_server directly instead of requesting one from login_server")
+    parser.add_argument("--user", required=True, help="user name to log in with")
+    parser.add_argument("--password",
+                        help="plain password; prompted for when omitted (other users can see command lines)")
+    parser.add_argument("--aes-key", metavar="KEY",
+                        help="encrypt and decrypt msg_data with this 32-byte key like the original clients "
+                             "(the aesKey of the server's conf files); needs the 'cryptography' package. "
+                             "Without it, messages are sent as plain UTF-8")
+    parser.add_argument("--lang", choices=("auto", "en", "zh"), default="auto",
+                        help="screen language; auto follows LC_ALL, LC_MESSAGES and LANG (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT,
+                        help="seconds to wait for a connection or a response (default: %(default)s)")
+    # The teamtalk command calls ``handler``; ``func`` is the usual argparse name.
+    parser.set_defaults(handler=chat_main, func=chat_main)
+    return parser
