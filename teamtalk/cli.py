@@ -353,11 +353,90 @@ def _add_admin_commands(subparsers: argparse._SubParsersAction) -> None:
     depart_list.set_defaults(handler=_run_with_database(_depart_list))
 
 
-def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the server roles and ``serve``; each sets ``handler(args) -> int`` in its defaults.
+#: CLI command name -> role name of teamtalk.config.
+ROLE_COMMANDS = {
+    "login-server": "login_server",
+    "msg-server": "msg_server",
+    "route-server": "route_server",
+    "db-proxy-server": "db_proxy_server",
+}
 
-    NOTE: no role command exists yet; the server roles are added here.
-    """
+
+def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the server roles, ``serve``, ``sample-config`` and ``chat``."""
+    from teamtalk import config as tt_config
+
+    for command, role in ROLE_COMMANDS.items():
+        parser = subparsers.add_parser(
+            command, help=f"run {role} from an original-style conf file",
+            description=f"Run {role}. Keys and defaults: teamtalk sample-config {role}.")
+        parser.add_argument("-c", "--config", metavar="FILE",
+                            help=f"conf file (e.g. {tt_config.conf_file_name(role)}); "
+                                 "without it, loopback defaults are used")
+        tt_config.add_override_arguments(parser)
+        parser.set_defaults(handler=_role_handler(role))
+
+    serve = subparsers.add_parser(
+        "serve", help="run login_server, msg_server, route_server and db_proxy_server in one process",
+        description="Run the four core roles in one process on embedded storage (SQLite and an "
+                    "in-process cache) kept in the data directory.")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help=f"where the database and cache files live (default: ${DATA_DIR_ENV} "
+                            "or ~/.local/share/teamtalk); created on first run")
+    serve.add_argument("--listen-ip", default="127.0.0.1",
+                       help="address every role listens on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--public-ip", default=None,
+                       help="address that login_server hands to clients for msg_server "
+                            "(default: the listen IP, or 127.0.0.1 when listening on 0.0.0.0)")
+    serve.add_argument("--http-port", type=_int_at_least_zero, default=8080,
+                       help="login_server HTTP port that clients ask for a msg_server (default 8080)")
+    serve.add_argument("--msg-port", type=_int_at_least_zero, default=8000,
+                       help="msg_server client port (default 8000)")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.set_defaults(handler=_serve)
+
+    sample = subparsers.add_parser("sample-config", help="print a sample conf file of a role",
+                                   description="Print a conf file with every key of a role and its default.")
+    sample.add_argument("role", choices=sorted(tt_config.ROLES))
+    sample.set_defaults(handler=lambda args: _print_sample(args.role))
+
+    try:
+        from teamtalk.chat import add_chat_command
+    except ImportError:  # the terminal client is optional in stripped-down installs
+        return
+    add_chat_command(subparsers)
+
+
+def _role_handler(role: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        from teamtalk import config as tt_config
+        from teamtalk.roles import run_role
+
+        try:
+            overrides = tt_config.overrides_from_args(args)
+        except tt_config.ConfigError as exc:
+            raise CommandError(str(exc)) from None
+        return run_role(role, args.config, overrides)
+
+    return handler
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from teamtalk.cluster import ClusterSettings
+    from teamtalk.roles import run_serve
+
+    data_dir = args.data_dir or default_data_dir()
+    public_ip = args.public_ip or ("127.0.0.1" if args.listen_ip in ("0.0.0.0", "::") else args.listen_ip)
+    settings = ClusterSettings(host=args.listen_ip, public_ip=public_ip,
+                               login_http_port=args.http_port, msg_server_port=args.msg_port)
+    return run_serve(str(data_dir), settings, log_level=args.log_level)
+
+
+def _print_sample(role: str) -> int:
+    from teamtalk import config as tt_config
+
+    sys.stdout.write(tt_config.default_config_text(role))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""msg_server role."""
