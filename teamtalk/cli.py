@@ -392,6 +392,14 @@ def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="login_server HTTP port that clients ask for a msg_server (default 8080)")
     serve.add_argument("--msg-port", type=_int_at_least_zero, default=8000,
                        help="msg_server client port (default 8000)")
+    serve.add_argument("--login-port", type=_int_at_least_zero, default=8008,
+                       help="login_server TCP port for clients (default 8008)")
+    serve.add_argument("--login-msg-port", type=_int_at_least_zero, default=8100,
+                       help="login_server port where msg_servers register (default 8100)")
+    serve.add_argument("--route-port", type=_int_at_least_zero, default=8200,
+                       help="route_server port (default 8200)")
+    serve.add_argument("--db-proxy-port", type=_int_at_least_zero, default=10600,
+                       help="db_proxy_server port (default 10600)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     serve.set_defaults(handler=_serve)
 
@@ -428,7 +436,9 @@ def _serve(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir()
     public_ip = args.public_ip or ("127.0.0.1" if args.listen_ip in ("0.0.0.0", "::") else args.listen_ip)
     settings = ClusterSettings(host=args.listen_ip, public_ip=public_ip,
-                               login_http_port=args.http_port, msg_server_port=args.msg_port)
+                               login_http_port=args.http_port, msg_server_port=args.msg_port,
+                               login_client_port=args.login_port, login_msg_server_port=args.login_msg_port,
+                               route_port=args.route_port, db_proxy_port=args.db_proxy_port)
     return run_serve(str(data_dir), settings, log_level=args.log_level)
 
 

@@ -3,13 +3,18 @@
 ``teamtalk._pdu`` (Cython) and ``teamtalk._pdu_py`` (pure Python) have the
 same API and behaviour. This module re-exports the compiled one when it
 imports, and the pure-Python one otherwise. ``IMPLEMENTATION`` is
-``"cython"`` or ``"python"`` accordingly. Nothing is logged here, so the
-server reports the choice once at start-up.
+``"cython"`` or ``"python"`` accordingly; setting the environment variable
+TEAMTALK_PURE_PYTHON_FRAMING forces the pure-Python one. Nothing is logged
+here, so the server reports the choice once at start-up.
 """
 
 import importlib
+import os
 
 try:
+    if os.environ.get("TEAMTALK_PURE_PYTHON_FRAMING"):
+        # Lets an installation with the extension run (and test) the fallback.
+        raise ImportError("TEAMTALK_PURE_PYTHON_FRAMING is set")
     from teamtalk._pdu import (
         DEFAULT_MAX_PDU_LENGTH,
         HEADER_LENGTH,

@@ -107,14 +107,14 @@ class ClientHandlers:
             return
         if message.client_type not in PC_CLIENT_TYPES | MOBILE_CLIENT_TYPES:
             logger.info("login from %s with unknown client_type %d rejected", connection.peer, message.client_type)
-            self.refuse_login(connection, BD.REFUSE_REASON_DB_VALIDATE_FAILED)
+            self.refuse_login(connection, BD.REFUSE_REASON_DB_VALIDATE_FAILED, seq_num=pdu.seq_num)
             return
 
         reason = self._unavailable_dependency()
         if reason is not None:
             logger.warning("login of %r from %s refused: dependency down (reason %d)",
                            message.user_name, connection.peer, reason)
-            self.refuse_login(connection, reason)
+            self.refuse_login(connection, reason, seq_num=pdu.seq_num)
             return
 
         state.user_name = message.user_name
@@ -126,7 +126,7 @@ class ClientHandlers:
         data = encode_message(BD.SID_OTHER, BD.CID_OTHER_VALIDATE_REQ, request, pdu.seq_num)
         if not self.server.send_to_db(connection.id, data):
             state.login_pending = False
-            self.refuse_login(connection, BD.REFUSE_REASON_NO_DB_SERVER)
+            self.refuse_login(connection, BD.REFUSE_REASON_NO_DB_SERVER, seq_num=pdu.seq_num)
 
     def _unavailable_dependency(self) -> int | None:
         server = self.server

@@ -84,14 +84,17 @@ class MsgServer:
         link_options = dict(max_pdu_length=settings.max_pdu_length,
                             heartbeat_interval=settings.server_heartbeat_interval,
                             timeout=settings.server_timeout, sweeper=self.sweeper)
+        # login_server hands clients only to msg_servers that can serve them, so
+        # this one registers once a db_proxy and route_server link are up too.
+        self._registered_on: dict[ServerLink, object] = {}
         self.db_links = [
             ServerLink(f"db_proxy link {i + 1}", [address], self.link_handlers.db_dispatcher.dispatch,
-                       **link_options)
+                       on_connected=self._register_when_ready, **link_options)
             for i, address in enumerate(settings.db_servers)
         ]
         self.login_links = [
             ServerLink(f"login_server link {i + 1}", [address], self.link_handlers.login_dispatcher.dispatch,
-                       on_connected=self._register_with_login, **link_options)
+                       on_connected=self._register_when_ready, **link_options)
             for i, address in enumerate(settings.login_servers)
         ]
         self.route_link = ServerLink("route_server link", settings.route_servers,
@@ -140,6 +143,14 @@ class MsgServer:
         for link in self.login_links:
             link.send(data)
 
+    def _register_when_ready(self, _link: ServerLink | None = None) -> None:
+        if self.db_link_for(0) is None or not self.route_link.connected:
+            return
+        for link in self.login_links:
+            if link.connected and self._registered_on.get(link) is not link.connection:
+                self._register_with_login(link)
+                self._registered_on[link] = link.connection
+
     def _register_with_login(self, link: ServerLink) -> None:
         s = self.settings
         info = IM_Server.IMMsgServInfo(ip1=s.ip1, ip2=s.ip2, port=self.listener.port or s.listen_port,
@@ -148,6 +159,10 @@ class MsgServer:
         link.send(encode_message(BD.SID_OTHER, BD.CID_OTHER_MSG_SERV_INFO, info))
 
     def _register_with_route(self, link: ServerLink) -> None:
+        self._announce_online_users(link)
+        self._register_when_ready()
+
+    def _announce_online_users(self, link: ServerLink) -> None:
         link.send(encode_message(BD.SID_OTHER, BD.CID_OTHER_ROLE_SET, IM_Server.IMRoleSet(master=1)))
         info = IM_Server.IMOnlineUserInfo()
         for user in self.users.values():
