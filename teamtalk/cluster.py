@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ClusterSettings:
-    """Where the roles listen; every port may be 0 for "any free port"."""
+    """Listening addresses of the roles. A port of 0 picks any free port."""
 
     host: str = "127.0.0.1"
     public_ip: str = "127.0.0.1"

@@ -90,10 +90,6 @@ async def open_storage_for(config: tt_config.DbProxyConfig):
 
 # Role builders
 
-def first_ip(ips) -> str:
-    return ips[0] if ips else "0.0.0.0"
-
-
 def build_login_server(config: tt_config.LoginServerConfig):
     from teamtalk.login_server.server import LoginServer
 

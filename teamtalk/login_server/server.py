@@ -104,7 +104,7 @@ class LoginServer:
             self._http_scope.cancel()
 
     async def drain(self) -> None:
-        """Nothing is in flight: every answer is computed in memory."""
+        """Return at once, because every response is computed in memory."""
 
     # The answer, shared by HTTP and PDU clients
 

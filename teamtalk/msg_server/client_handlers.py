@@ -112,7 +112,7 @@ class ClientHandlers:
 
         reason = self._unavailable_dependency()
         if reason is not None:
-            logger.warning("login of %r from %s refused: dependency down (reason %d)",
+            logger.warning("login of %r from %s rejected: a server it needs is not connected (reason %d)",
                            message.user_name, connection.peer, reason)
             self.refuse_login(connection, reason, seq_num=pdu.seq_num)
             return
@@ -247,12 +247,12 @@ class ClientHandlers:
         message.attach_data = encode_attach_data(connection.id)
         if not self.server.send_to_db(user_id, encode_message(pdu.service_id, pdu.command_id, message,
                                                               pdu.seq_num)):
-            logger.warning("request 0x%04x of user %d not answered: no db_proxy connected",
+            logger.warning("request 0x%04x of user %d gets no response: no db_proxy connected",
                            pdu.command_id, user_id)
 
     async def on_users_status(self, connection: Connection, pdu, message) -> None:
         message.user_id = connection.state.user_id
         message.attach_data = encode_attach_data(connection.id)
         if not self.server.route_link.send(encode_message(pdu.service_id, pdu.command_id, message, pdu.seq_num)):
-            logger.warning("users status request of user %d not answered: no route_server connected",
+            logger.warning("users status request of user %d gets no response: no route_server connected",
                            connection.state.user_id)

@@ -11,7 +11,7 @@ from teamtalk.msg_server.client_handlers import GROUP_MSG_TYPES
 
 logger = logging.getLogger(__name__)
 
-# Answers from db_proxy that go back, unchanged but for attach_data, to the
+# Responses from db_proxy that go back, unchanged but for attach_data, to the
 # client connection named by their attach_data.
 DB_RETURNED_RESPONSES = [
     (BD.SID_MSG, BD.CID_MSG_UNREAD_CNT_RESPONSE, IM_Message.IMUnreadMsgCntRsp),
@@ -77,7 +77,7 @@ class LinkHandlers:
     async def on_validate_response(self, link_connection, pdu, message) -> None:
         connection = self._client_of(message.attach_data)
         if connection is None:
-            logger.debug("validate answer for user %r arrived after the client left", message.user_name)
+            logger.debug("validate response for user %r arrived after the client left", message.user_name)
             return
         if message.result_code != 0 or not message.HasField("user_info"):
             logger.info("login of %r from %s rejected by db_proxy (result %d)",
@@ -122,7 +122,7 @@ class LinkHandlers:
     async def return_to_client(self, link_connection, pdu, message) -> None:
         connection = self._client_of(message.attach_data)
         if connection is None:
-            logger.debug("answer 0x%04x arrived after the client left", pdu.command_id)
+            logger.debug("response 0x%04x arrived after the client left", pdu.command_id)
             return
         message.ClearField("attach_data")
         connection.send(encode_message(pdu.service_id, pdu.command_id, message, pdu.seq_num))

@@ -32,7 +32,7 @@ def same_client_class(a: int, b: int) -> bool:
 
 @dataclass(slots=True)
 class ClientState:
-    """What msg_server keeps for one client connection."""
+    """State of one client connection on msg_server."""
 
     user_id: int = 0
     user_name: str = ""

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 class ConnectionHandler(Protocol):
-    """What a role implements to serve connections of one listener."""
+    """Interface a role implements to serve the connections of one listener."""
 
     def connection_made(self, connection: Connection) -> None: ...
 

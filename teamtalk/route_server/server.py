@@ -157,7 +157,7 @@ class RouteServer:
             self._relay_to(lambda m: (*m.cur_user_id_list, *m.chg_user_id_list)))
 
     async def _on_heartbeat(self, connection, pdu, message) -> None:
-        """Receiving is what keeps the link alive; nothing to answer."""
+        """Receiving any PDU keeps the link alive, so there is nothing to send back."""
 
     async def _on_role_set(self, connection, pdu, message) -> None:
         logger.debug("%s set role master=%d", connection.peer, message.master)
