@@ -7,8 +7,9 @@ to the msg_server links holding that user, with a count per client type.
 Relayed PDUs (messages, read notifies, kicks, p2p commands, ...) are sent
 only to the msg_servers where a target user is online, never back to the
 sender's link.  The original broadcast every relayed PDU to every
-msg_server.  Group messages and member-change notifies are the exception:
-route_server does not know group members, so they go to every other link.
+msg_server.  Group messages are the exception: route_server does not know
+group members, so they go to every other link, like avatar and sign-info
+changes, which interest everyone.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ class RouteServer:
             self._relay_to(lambda m: (m.user_id,)))
         add(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, IM_Group.IMGroupChangeMemberNotify,
             self._relay_to(lambda m: (*m.cur_user_id_list, *m.chg_user_id_list)))
+        # Profile changes interest everyone online.
+        add(BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_AVATAR_CHANGED_NOTIFY, IM_Buddy.IMAvatarChangedNotify,
+            self._relay_to_all)
+        add(BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_SIGN_INFO_CHANGED_NOTIFY, IM_Buddy.IMSignInfoChangedNotify,
+            self._relay_to_all)
 
     async def _on_heartbeat(self, connection, pdu, message) -> None:
         """Receiving any PDU keeps the link alive, so there is nothing to send back."""
@@ -204,6 +210,9 @@ class RouteServer:
             self._broadcast(pdu.encode(), exclude=connection)
         else:
             self._relay(connection, pdu, (message.to_session_id, message.from_user_id))
+
+    async def _relay_to_all(self, connection, pdu, message) -> None:
+        self._broadcast(pdu.encode(), exclude=connection)
 
     def _relay_to(self, targets_of):
         async def relay(connection, pdu, message) -> None:
