@@ -8,6 +8,8 @@ db_proxy_server conf file (``-c dbproxyserver.conf``)::
     teamtalk depart add Engineering
     teamtalk user add alice --depart 1
     teamtalk user list
+    teamtalk group add Engineering --creator alice --members bob,carol
+    teamtalk group members Engineering --add dave --remove 3
 
 Each subcommand stores a ``handler(args) -> int`` in its parser defaults;
 :func:`main` calls it and returns its exit status.
@@ -20,6 +22,7 @@ import getpass
 import logging
 import os
 import sys
+import time
 import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,13 +31,15 @@ from pathlib import Path
 
 import trio
 
+from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.storage import (
     MASTER,
     DatabaseEndpoint,
     StorageUnavailable,
     open_embedded_database,
 )
-from teamtalk.storage import departs, users
+from teamtalk.storage import departs, groups, users
+from teamtalk.storage.cache import CacheSet, RedisCache
 from teamtalk.storage.database import Database, open_mysql, open_sqlite
 from teamtalk.storage.schema import TABLES, init_db
 
@@ -264,6 +269,166 @@ async def _depart_list(database: Database, args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Group commands
+#
+# Groups are changed in the tables, and every change bumps IMGroup.version.
+# A running db_proxy_server notices the new version and reloads the members,
+# so these commands need no server. With a conf file whose caches are Redis
+# they also update the group_member_<groupId> hashes and the unread counters
+# there. An embedded cache file is left alone, because a running server
+# keeps its content in memory and would overwrite it. The server rewrites
+# the hashes itself on its next reload of the group.
+
+
+def _group_caches(args: argparse.Namespace) -> CacheSet | None:
+    """Return the Redis caches of the conf file given with ``-c``, or None for other storage."""
+    if not getattr(args, "config", None):
+        return None
+    from teamtalk.config import load_config
+
+    config = load_config("db_proxy_server", args.config)
+    if config.cache_engine != "redis":
+        return None
+    caches = {}
+    for name in ("unread", "group_member"):
+        instance = config.cache_instance(name)
+        caches[name] = RedisCache(instance.host, instance.port, instance.db, instance.password or None,
+                                  ADMIN_POOL_SIZE)
+    return CacheSet(caches)
+
+
+def _run_with_groups(command: Callable[[Database, CacheSet | None, argparse.Namespace], Awaitable[None]]) -> Callable:
+    """Wrap a group command into a handler that opens the database and the Redis caches, if any."""
+
+    def handler(args: argparse.Namespace) -> int:
+        target = _target_from_args(args)
+        caches = _group_caches(args)
+
+        async def run() -> None:
+            database = await _open_database(target)
+            try:
+                if caches is not None:
+                    await caches.ping()
+                await command(database, caches, args)
+            finally:
+                try:
+                    if caches is not None:
+                        await caches.aclose()
+                finally:
+                    await database.aclose()
+
+        trio.run(run)
+        return 0
+
+    return handler
+
+
+async def _resolve_users(database: Database, text: str) -> list[users.UserRow]:
+    """Return the users named in a comma-separated list of names or ids, in list order."""
+    found: list[users.UserRow] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        user = None
+        if item.isdigit():
+            matches = await users.get_users(database, [int(item)])
+            user = matches[0] if matches else None
+        if user is None:
+            user = await users.get_user_by_name(database, item)
+        if user is None:
+            raise CommandError(f"no user named {item!r} and no user with that id; see `{PROG} user list`")
+        if all(user.id != seen.id for seen in found):
+            found.append(user)
+    return found
+
+
+async def _resolve_group(database: Database, text: str) -> groups.GroupSnapshot:
+    """Return the group with id ``text``, else the only usable group called ``text``."""
+    group_ids = [int(text)] if text.isdigit() else []
+    snapshots = await groups.get_snapshots(database, group_ids)
+    if not snapshots:
+        group_ids = await groups.find_groups_by_name(database, text)
+        if len(group_ids) > 1:
+            raise CommandError(f"{len(group_ids)} groups are called {text!r} (ids "
+                               f"{', '.join(map(str, group_ids))}); name the group by its id")
+        snapshots = await groups.get_snapshots(database, group_ids)
+    if not snapshots:
+        raise CommandError(f"no group {text!r}; see `{PROG} group list`")
+    snapshot = next(iter(snapshots.values()))
+    if not snapshot.usable:
+        raise CommandError(f"group {snapshot.group.id} ({snapshot.group.name}) is deleted")
+    return snapshot
+
+
+def _names(rows: Sequence[users.UserRow], ids: Sequence[int]) -> str:
+    by_id = {row.id: row.name for row in rows}
+    return ", ".join(by_id.get(user_id, str(user_id)) for user_id in ids)
+
+
+async def _group_add(database: Database, caches: CacheSet | None, args: argparse.Namespace) -> None:
+    creators = await _resolve_users(database, args.creator)
+    if len(creators) != 1:
+        raise CommandError("--creator must name exactly one user")
+    creator = creators[0]
+    members = await _resolve_users(database, args.members)
+    if await groups.find_groups_by_name(database, args.name):
+        raise users.AlreadyExists(f"a group called {args.name!r} already exists; see `{PROG} group list`")
+    member_ids = [creator.id, *(member.id for member in members)]
+    snapshot = await groups.create_group(database, args.name, creator.id, member_ids, avatar=args.avatar,
+                                         group_type=BD.GROUP_TYPE_NORMAL)
+    if caches is not None:
+        await groups.publish_new_group(caches, snapshot)
+    print(f"added group {snapshot.group.id}: {args.name} ({len(snapshot.members)} members)")
+
+
+async def _group_list(database: Database, caches: CacheSet | None, args: argparse.Namespace) -> None:
+    rows = await groups.list_groups(database)
+    type_names = {BD.GROUP_TYPE_NORMAL: "normal", BD.GROUP_TYPE_TMP: "temporary"}
+    print_table(
+        ("ID", "NAME", "TYPE", "CREATOR", "MEMBERS", "VERSION", "STATUS"),
+        [(g.id, g.name, type_names.get(g.group_type, f"type {g.group_type}"), g.creator, g.user_cnt, g.version,
+          "ok" if g.status == groups.GROUP_STATUS_OK else "deleted") for g in rows],
+    )
+
+
+async def _group_members(database: Database, caches: CacheSet | None, args: argparse.Namespace) -> None:
+    snapshot = await _resolve_group(database, args.group)
+    group_id = snapshot.group.id
+    for option, change_type, verb in ((args.add, BD.GROUP_MODIFY_TYPE_ADD, "added"),
+                                      (args.remove, BD.GROUP_MODIFY_TYPE_DEL, "removed")):
+        if option is None:
+            continue
+        named = await _resolve_users(database, option)
+        if not named:
+            raise CommandError(f"no user given to be {verb}")
+        # Actor 0 is the server itself: no permission check, as for http_msg_server.
+        change = await groups.change_members(database, group_id, 0, change_type, [user.id for user in named])
+        if change.outcome == groups.CHANGE_NO_GROUP:
+            raise CommandError(f"group {group_id} was deleted meanwhile")
+        changed = change.changed if change.outcome == groups.CHANGE_OK else []
+        unchanged = [user.id for user in named if user.id not in changed]
+        if changed:
+            print(f"{verb}: {_names(named, changed)}")
+            if caches is not None:
+                await groups.publish_member_change(caches, change)
+        if unchanged:
+            state = "already members" if change_type == BD.GROUP_MODIFY_TYPE_ADD else "not members"
+            print(f"{state}, unchanged: {_names(named, unchanged)}")
+        if change.snapshot is not None:
+            snapshot = change.snapshot
+
+    snapshot = (await groups.get_snapshots(database, [group_id]))[group_id]
+    rows = await users.get_users(database, snapshot.members)
+    print(f"group {group_id}: {snapshot.group.name}, version {snapshot.group.version}, "
+          f"{len(snapshot.members)} members")
+    print_table(
+        ("ID", "NAME", "NICK", "JOINED"),
+        [(u.id, u.name, u.nick, time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.members[u.id])))
+         for u in rows],
+    )
+
+
+# ---------------------------------------------------------------------------
 # Parser
 
 
@@ -351,6 +516,35 @@ def _add_admin_commands(subparsers: argparse._SubParsersAction) -> None:
 
     depart_list = depart_commands.add_parser("list", parents=[storage], help="list every department")
     depart_list.set_defaults(handler=_run_with_database(_depart_list))
+
+    _add_group_commands(subparsers, storage)
+
+
+def _add_group_commands(subparsers: argparse._SubParsersAction, storage: argparse.ArgumentParser) -> None:
+    group = subparsers.add_parser("group", help="add, list and change groups")
+    group_commands = group.add_subparsers(dest="group_command", metavar="COMMAND", required=True)
+    users_help = "comma-separated user names or ids"
+
+    group_add = group_commands.add_parser(
+        "add", parents=[storage], help="add a normal (fixed) group",
+        description="Add a normal group. The creator is a member too and may change the members from a client.")
+    group_add.add_argument("name", help="group name (at most 256 characters)")
+    group_add.add_argument("--creator", required=True, metavar="USER", help="user name or id of the creator")
+    group_add.add_argument("--members", required=True, metavar="USERS", help=users_help)
+    group_add.add_argument("--avatar", default="", metavar="URL", help="URL of the group's avatar picture")
+    group_add.set_defaults(handler=_run_with_groups(_group_add))
+
+    group_list = group_commands.add_parser("list", parents=[storage], help="list every group")
+    group_list.set_defaults(handler=_run_with_groups(_group_list))
+
+    group_members = group_commands.add_parser(
+        "members", parents=[storage], help="list a group's members, adding or removing some first",
+        description="Print a group's members. --add, then --remove, change them first; each change "
+                    "bumps the group version, so clients fetch the group again.")
+    group_members.add_argument("group", help="group id, or the name of a group")
+    group_members.add_argument("--add", metavar="USERS", help=users_help)
+    group_members.add_argument("--remove", metavar="USERS", help=users_help)
+    group_members.set_defaults(handler=_run_with_groups(_group_members))
 
 
 #: CLI command name -> role name of teamtalk.config.

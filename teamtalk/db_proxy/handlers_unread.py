@@ -3,6 +3,10 @@
 The counts live in the ``unread`` cache instance, hash ``unread_<userId>``
 with one field per peer. A read acknowledgement deletes that peer's field
 and gets no response.
+
+A group's unread count is its total minus the count the member has read
+(see :mod:`teamtalk.storage.groups`), and a group read acknowledgement sets
+the member's count to the total.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from teamtalk.db_proxy.handlers_common import Spawn, find_relation_ids, send_response
+from teamtalk.db_proxy.handlers_group import GroupReader
 from teamtalk.net.connection import Connection
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Message
@@ -26,9 +31,10 @@ _KNOWN_MSG_TYPES = frozenset(BD.MsgType.values())
 class UnreadHandlers:
     """Handlers of the unread counters."""
 
-    def __init__(self, storage: Storage, store: MessageStore) -> None:
+    def __init__(self, storage: Storage, store: MessageStore, groups: GroupReader | None = None) -> None:
         self.storage = storage
         self.store = store
+        self.groups = groups
         self.cache = storage.caches.get("unread")
 
     def register(self, dispatcher: Dispatcher, spawn: Spawn) -> None:
@@ -64,18 +70,31 @@ class UnreadHandlers:
                 latest_msg_from_user_id=message.from_id,
             )
             total += count
-        # NOTE: group unread counts (group total minus the member's read count) are not added yet.
+        if self.groups is not None:
+            for group_id, count, message in await self.groups.unread(user_id):
+                response.unreadinfo_list.add(
+                    session_id=group_id,
+                    session_type=BD.SESSION_TYPE_GROUP,
+                    unread_cnt=count,
+                    latest_msg_id=message.msg_id,
+                    latest_msg_data=message.content,
+                    latest_msg_type=message.msg_type,
+                    latest_msg_from_user_id=message.from_id,
+                )
+                total += count
         response.total_cnt = total
         logger.debug("user %d: %d unread in %d sessions", user_id, total, len(response.unreadinfo_list))
         send_response(connection, pdu, BD.SID_MSG, BD.CID_MSG_UNREAD_CNT_RESPONSE, response)
 
     async def read_ack(self, connection: Connection, pdu: Pdu, request: IM_Message.IMMsgDataReadAck) -> None:
-        if request.session_type != BD.SESSION_TYPE_SINGLE:
-            # NOTE: group read acks (copying the group counter) are not handled yet.
+        if request.session_type == BD.SESSION_TYPE_GROUP and self.groups is None:
             logger.info("ignoring read ack of user %d for group %d", request.user_id, request.session_id)
             return
         try:
-            await clear_unread(self.cache, request.user_id, request.session_id)
+            if request.session_type == BD.SESSION_TYPE_GROUP:
+                await self.groups.mark_read(request.user_id, request.session_id)
+            else:
+                await clear_unread(self.cache, request.user_id, request.session_id)
         except Exception:
             logger.exception("clearing unread count of user %d for %d failed",
                              request.user_id, request.session_id)

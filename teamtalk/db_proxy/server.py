@@ -4,8 +4,9 @@ msg_servers connect (default port 10600) and send requests whose responses
 carry the request's seq_num and attach_data back, so msg_server can route
 each response to its client. Requests run in three ways:
 
-- ``IMMsgData`` goes to the single :class:`MessageWriter` task, which
-  stores messages in batches in arrival order and responds in that order;
+- ``IMMsgData`` (single and group) goes to the single
+  :class:`MessageWriter` task, which stores messages in batches in arrival
+  order and responds in that order;
 - read acknowledgements and heartbeats are handled inline, in the order
   the connection delivers them;
 - every other request runs as its own task, at most ``max_in_flight`` at
@@ -22,7 +23,9 @@ import logging
 
 import trio
 
+from teamtalk.db_proxy.handlers_buddy import BuddyHandlers
 from teamtalk.db_proxy.handlers_common import Handler
+from teamtalk.db_proxy.handlers_group import GroupHandlers, GroupReader
 from teamtalk.db_proxy.handlers_login import LoginHandlers
 from teamtalk.db_proxy.handlers_message import (
     DEFAULT_MAX_BATCH,
@@ -31,6 +34,7 @@ from teamtalk.db_proxy.handlers_message import (
     MessageWriter,
 )
 from teamtalk.db_proxy.handlers_session import SessionHandlers
+from teamtalk.db_proxy.handlers_settings import SettingsHandlers
 from teamtalk.db_proxy.handlers_unread import UnreadHandlers
 from teamtalk.db_proxy.handlers_user import UserHandlers
 from teamtalk.net.connection import Connection
@@ -40,6 +44,8 @@ from teamtalk.pb import IM_Other, IM_Server
 from teamtalk.pdu import Pdu
 from teamtalk.protocol import HEARTBEAT_PDU, Dispatcher, encode_message
 from teamtalk.storage import Storage
+from teamtalk.storage.group_messages import GroupMessageStore
+from teamtalk.storage.groups import GroupDirectory
 from teamtalk.storage.messages import DEFAULT_MAX_MSG_DATA_LENGTH, MessageStore
 
 logger = logging.getLogger(__name__)
@@ -74,7 +80,11 @@ class DbProxyServer:
         self.heartbeat_interval = heartbeat_interval
         self.server_timeout = server_timeout
         self.store = MessageStore.from_storage(storage, max_msg_data_length=max_msg_data_length)
-        self.writer = MessageWriter(self.store, max_batch=max_batch, max_queued=max_queued)
+        self.groups = GroupDirectory.from_storage(storage)
+        self.group_store = GroupMessageStore.from_storage(storage, self.groups,
+                                                          max_msg_data_length=max_msg_data_length)
+        self.writer = MessageWriter(self.store, group_store=self.group_store, max_batch=max_batch,
+                                    max_queued=max_queued)
         self.dispatcher = Dispatcher(self.name)
         self.server = PduServer(self.name, host, port, self, max_pdu_length=max_pdu_length)
         self._request_slots = trio.Semaphore(max_in_flight)
@@ -92,10 +102,14 @@ class DbProxyServer:
         spawn = self._spawned
         self.dispatcher.add(BD.SID_OTHER, BD.CID_OTHER_HEARTBEAT, IM_Other.IMHeartBeat, _ignore_heartbeat)
         LoginHandlers(self.storage).register(self.dispatcher, spawn)
-        MessageHandlers(self.storage, self.store, self.writer).register(self.dispatcher, spawn)
-        UnreadHandlers(self.storage, self.store).register(self.dispatcher, spawn)
-        SessionHandlers(self.storage, self.store).register(self.dispatcher, spawn)
+        group_reader = GroupReader(self.storage, self.groups)
+        MessageHandlers(self.storage, self.store, self.writer, group_reader).register(self.dispatcher, spawn)
+        UnreadHandlers(self.storage, self.store, group_reader).register(self.dispatcher, spawn)
+        SessionHandlers(self.storage, self.store, group_reader).register(self.dispatcher, spawn)
         UserHandlers(self.storage).register(self.dispatcher, spawn)
+        GroupHandlers(self.storage, self.groups).register(self.dispatcher, spawn)
+        BuddyHandlers(self.storage, group_reader).register(self.dispatcher, spawn)
+        SettingsHandlers(self.storage).register(self.dispatcher, spawn)
 
     # Role interface
 
