@@ -124,9 +124,13 @@ class ClientHandlers:
         request = IM_Server.IMValidateReq(user_name=message.user_name, password=message.password,
                                           attach_data=encode_attach_data(connection.id))
         data = encode_message(BD.SID_OTHER, BD.CID_OTHER_VALIDATE_REQ, request, pdu.seq_num)
-        if not self.server.send_to_db(connection.id, data):
+        link = self.server.db_link_for(connection.id)
+        if link is None or not link.send(data):
             state.login_pending = False
             self.refuse_login(connection, BD.REFUSE_REASON_NO_DB_SERVER, seq_num=pdu.seq_num)
+            return
+        state.validate_link = link
+        state.login_seq_num = pdu.seq_num
 
     def _unavailable_dependency(self) -> int | None:
         server = self.server

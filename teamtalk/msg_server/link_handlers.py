@@ -79,6 +79,10 @@ class LinkHandlers:
         if connection is None:
             logger.debug("validate response for user %r arrived after the client left", message.user_name)
             return
+        if not connection.state.login_pending:
+            logger.info("ignoring a validate response for %r on %s: no login is pending there",
+                        message.user_name, connection.peer)
+            return
         if message.result_code != 0 or not message.HasField("user_info"):
             logger.info("login of %r from %s rejected by db_proxy (result %d)",
                         message.user_name, connection.peer, message.result_code)

@@ -89,7 +89,8 @@ class MsgServer:
         self._registered_on: dict[ServerLink, object] = {}
         self.db_links = [
             ServerLink(f"db_proxy link {i + 1}", [address], self.link_handlers.db_dispatcher.dispatch,
-                       on_connected=self._register_when_ready, **link_options)
+                       on_connected=self._register_when_ready, on_disconnected=self._reject_pending_logins,
+                       **link_options)
             for i, address in enumerate(settings.db_servers)
         ]
         self.login_links = [
@@ -135,6 +136,16 @@ class MsgServer:
     def send_to_db(self, user_id: int, data: bytes) -> bool:
         link = self.db_link_for(user_id)
         return link is not None and link.send(data)
+
+    def _reject_pending_logins(self, link: ServerLink) -> None:
+        """Reject the logins validated on a db_proxy link that dropped, since no response will come."""
+        for connection in list(self.handles.values()):
+            state: ClientState = connection.state
+            if state.login_pending and state.validate_link is link:
+                logger.info("login of %r from %s rejected: %s dropped before db_proxy responded",
+                            state.user_name, connection.peer, link.name)
+                state.login_pending = False
+                self.clients.refuse_login(connection, BD.REFUSE_REASON_NO_DB_SERVER, seq_num=state.login_seq_num)
 
     def login_connected(self) -> bool:
         return any(link.connected for link in self.login_links)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from teamtalk.net.connection import Connection
+from teamtalk.net.link import ServerLink
 from teamtalk.pb import IM_BaseDefine as BD
 
 PC_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_WINDOWS, BD.CLIENT_TYPE_MAC})
@@ -40,6 +41,10 @@ class ClientState:
     online_status: int = BD.USER_STATUS_ONLINE
     logged_in: bool = False
     login_pending: bool = False
+    # While login_pending: the db_proxy link that carries the IMValidateReq and
+    # the IMLoginReq's seq_num, so the login can be rejected if that link drops.
+    validate_link: ServerLink | None = None
+    login_seq_num: int = 0
     # Rate limit window for IMMsgData: start time (trio clock) and count.
     rate_window_start: float = -math.inf
     rate_window_count: int = 0
