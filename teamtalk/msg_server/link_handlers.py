@@ -107,10 +107,9 @@ class LinkHandlers:
 
         data = encode_message(BD.SID_MSG, BD.CID_MSG_DATA, message)
         if is_group:
-            # NOTE: group fan-out needs the member list; it arrives with group support.
-            logger.debug("group message %d stored; fan-out not available yet", message.msg_id)
-            return
-        self._deliver_single(data, message, exclude=sender)
+            server.groups.deliver(data, message, sender)
+        else:
+            self._deliver_single(data, message, exclude=sender)
         server.route_link.send(data)
 
     def _deliver_single(self, data: bytes, message, exclude=None) -> None:
@@ -135,7 +134,8 @@ class LinkHandlers:
 
     async def on_routed_msg_data(self, link_connection, pdu, message) -> None:
         if message.msg_type in GROUP_MSG_TYPES:
-            # NOTE: group fan-out arrives with group support.
+            if self.server.users:
+                self.server.groups.deliver(pdu.encode(), message)
             return
         self._deliver_single(pdu.encode(), message)
 
@@ -168,6 +168,4 @@ class LinkHandlers:
         self.server.deliver_to_user(message.user_id, pdu.encode())
 
     async def on_routed_group_change(self, link_connection, pdu, message) -> None:
-        data = pdu.encode()
-        for user_id in {*message.cur_user_id_list, *message.chg_user_id_list}:
-            self.server.deliver_to_user(user_id, data)
+        self.server.groups.change_notify(message)

@@ -66,6 +66,8 @@ class MsgServer:
 
     def __init__(self, settings: MsgServerSettings) -> None:
         from teamtalk.msg_server.client_handlers import ClientHandlers
+        from teamtalk.msg_server.contact_handlers import ContactHandlers
+        from teamtalk.msg_server.groups import GroupFanOut
         from teamtalk.msg_server.link_handlers import LinkHandlers
 
         self.settings = settings
@@ -77,6 +79,9 @@ class MsgServer:
 
         self.clients = ClientHandlers(self)
         self.link_handlers = LinkHandlers(self)
+        self.groups = GroupFanOut(self)
+        ContactHandlers(self).register(self.clients.dispatcher, self.link_handlers.db_dispatcher,
+                                       self.link_handlers.route_dispatcher)
         self.listener = PduServer(self.name, settings.listen_host, settings.listen_port, self.clients,
                                   max_pdu_length=settings.max_pdu_length,
                                   send_queue_length=settings.send_queue_length,
@@ -262,6 +267,11 @@ class MsgServer:
                 if pending_peer is not None:
                     self.pending.add(connection, pending_peer, msg_id)
         return sent
+
+    def broadcast_to_clients(self, data: bytes) -> None:
+        for user in self.users.values():
+            for connection in user.connections:
+                connection.send(data)
 
     def broadcast_to_pc_clients(self, data: bytes) -> None:
         for user in self.users.values():
