@@ -8,6 +8,10 @@ current peer is read-acked as soon as it is shown, and choosing a peer with
 ``/to`` read-acks what was unread from that peer, as the original clients do
 when a chat window opens.
 
+The current target is a user (``/to``) or a group (``/group``). Group names
+and members come from IMGroupInfoListRsp and are kept in memory, fetched
+when a group id first appears and updated by IMGroupChangeMemberNotify.
+
 Screen text is English, or Chinese when the locale (LC_ALL, LC_MESSAGES or
 LANG, in that order of precedence) starts with ``zh``. All of it sits in
 ``TEXTS``.
@@ -42,6 +46,7 @@ MAX_HISTORY_COUNT = 200
 MAX_OFFLINE_MESSAGES = 50  # per session, fetched at start
 PREVIEW_LENGTH = 40  # characters of the latest message shown per session
 MAX_LINE_LENGTH = 64 * 1024  # bytes of one input line read from a stream
+MAX_ID = 0xFFFFFFFF  # user ids and group ids are uint32 on the wire
 
 TEXTS = {
     "en": {
@@ -58,23 +63,31 @@ TEXTS = {
         "session_unread": " [{count} unread]",
         "no_sessions": "No recent sessions.",
         "offline_header": "Unread messages from {name} ({count}):",
+        "group_offline_header": "Unread messages in {group} ({count}):",
         "unread_header": "Unread messages: {total}",
         "unread_line": "  {name} ({session_id}): {count}",
         "no_unread": "No unread messages.",
         "message": "[{time}] {name}: {text}",
+        "group_message": "[{time}] {group} {name}: {text}",
         "me": "me",
+        "group_label": "#{name}",
         "group_name": "group {group_id}",
         "undecryptable": "[cannot decrypt this message]",
         "help_hint": "Type /help for the commands.",
         "help": (
             "Commands:\n"
-            "  /to NAME_OR_ID   choose the user to talk to (nick name, real name or user id)\n"
-            "  /history [N]     show the last N messages with that user (default 10) and mark them read\n"
-            "  /unread          show the unread message counts\n"
-            "  /sessions        show the recent sessions\n"
-            "  /help            show this help\n"
-            "  /quit            log out and leave (the end of input also quits)\n"
-            "Any other line is sent to the current user. Start a line with // to send text that begins with /."
+            "  /to NAME_OR_ID     choose the user to talk to (nick name, real name or user id)\n"
+            "  /groups            list your groups with their member and unread counts\n"
+            "  /group NAME_OR_ID  talk in a group (group name or group id) until /to chooses a user again\n"
+            "  /members           list the members of the current group\n"
+            "  /history [N]       show the last N messages with the current user or group (default 10)\n"
+            "                     and mark them read\n"
+            "  /unread            show the unread message counts\n"
+            "  /sessions          show the recent sessions\n"
+            "  /help              show this help\n"
+            "  /quit              log out and leave (the end of input also quits)\n"
+            "Any other line is sent to the current user or group. Start a line with // to send text that "
+            "begins with /."
         ),
         "to_usage": "Usage: /to NAME_OR_ID",
         "peer_current": "You are talking to {name} ({user_id}).",
@@ -82,11 +95,30 @@ TEXTS = {
         "peer_unknown": "No user matches '{query}'.",
         "peer_ambiguous": "'{query}' matches several users: {names}. Use the user id.",
         "peer_self": "You cannot send messages to yourself.",
-        "no_peer": "Choose a user first: /to NAME_OR_ID",
+        "no_peer": "Choose a user first: /to NAME_OR_ID, or a group: /group NAME_OR_ID",
+        "group_usage": "Usage: /group NAME_OR_ID",
+        "group_current": "You are talking in {group} ({group_id}).",
+        "group_set": "Now talking in {group} ({group_id}), {count} members.",
+        "group_unknown": "No group matches '{query}'.",
+        "group_ambiguous": "'{query}' matches several groups: {names}. Use the group id.",
+        "group_not_member": "You are not a member of {group} ({group_id}).",
+        "no_group": "Choose a group first: /group NAME_OR_ID",
+        "groups_header": "Your groups:",
+        "group_line": "  {group} ({group_id}): {count} members{unread}",
+        "no_groups": "You are not in any group.",
+        "members_header": "Members of {group} ({count}):",
+        "member_line": "  {name} ({user_id}){creator}",
+        "member_creator": " [creator]",
+        "member_joined": "* {names} joined {group}",
+        "member_left": "* {names} left {group}",
+        "self_added": "* You were added to {group}",
+        "self_removed": "* You are no longer a member of {group}",
         "sent": "sent (msg_id {msg_id})",
         "send_failed": "Not sent: {error}",
         "history_header": "Last {count} messages with {name}:",
         "history_empty": "No messages with {name}.",
+        "group_history_header": "Last {count} messages in {group}:",
+        "group_history_empty": "No messages in {group}.",
         "bad_count": "/history takes a number from 1 to {maximum}, e.g. /history 20",
         "unknown_command": "Unknown command {command}. Type /help for the commands.",
         "status_online": "{name} is online.",
@@ -112,23 +144,29 @@ TEXTS = {
         "session_unread": " [{count} 条未读]",
         "no_sessions": "没有最近会话。",
         "offline_header": "{name} 发来的未读消息（{count} 条）：",
+        "group_offline_header": "{group} 的未读消息（{count} 条）：",
         "unread_header": "未读消息共 {total} 条",
         "unread_line": "  {name}（{session_id}）：{count} 条",
         "no_unread": "没有未读消息。",
         "message": "[{time}] {name}：{text}",
+        "group_message": "[{time}] {group} {name}：{text}",
         "me": "我",
+        "group_label": "#{name}",
         "group_name": "群 {group_id}",
         "undecryptable": "[无法解密这条消息]",
         "help_hint": "输入 /help 查看命令。",
         "help": (
             "命令：\n"
-            "  /to 名字或ID     选择聊天对象（昵称、真实姓名或用户 ID）\n"
-            "  /history [N]     显示与当前对象的最近 N 条消息（默认 10 条）并标为已读\n"
-            "  /unread          显示未读消息数\n"
-            "  /sessions        显示最近会话\n"
-            "  /help            显示本帮助\n"
-            "  /quit            退出登录并离开（输入结束时也会退出）\n"
-            "其他输入会发送给当前聊天对象。以 // 开头可以发送以 / 开头的内容。"
+            "  /to 名字或ID       选择聊天对象（昵称、真实姓名或用户 ID）\n"
+            "  /groups            列出你的群及其成员数和未读数\n"
+            "  /group 群名或ID    改为在群里聊天（群名或群 ID）；用 /to 回到单聊\n"
+            "  /members           列出当前群的成员\n"
+            "  /history [N]       显示与当前用户或群的最近 N 条消息（默认 10 条）并标为已读\n"
+            "  /unread            显示未读消息数\n"
+            "  /sessions          显示最近会话\n"
+            "  /help              显示本帮助\n"
+            "  /quit              退出登录并离开（输入结束时也会退出）\n"
+            "其他输入会发送给当前用户或群。以 // 开头可以发送以 / 开头的内容。"
         ),
         "to_usage": "用法：/to 名字或ID",
         "peer_current": "当前聊天对象：{name}（{user_id}）。",
@@ -136,11 +174,30 @@ TEXTS = {
         "peer_unknown": "找不到用户“{query}”。",
         "peer_ambiguous": "“{query}”对应多个用户：{names}。请使用用户 ID。",
         "peer_self": "不能给自己发消息。",
-        "no_peer": "请先选择聊天对象：/to 名字或ID",
+        "no_peer": "请先选择聊天对象：/to 名字或ID，或者选择群：/group 群名或ID",
+        "group_usage": "用法：/group 群名或ID",
+        "group_current": "当前在 {group}（{group_id}）中聊天。",
+        "group_set": "现在在 {group}（{group_id}）中聊天，共 {count} 人。",
+        "group_unknown": "找不到群“{query}”。",
+        "group_ambiguous": "“{query}”对应多个群：{names}。请使用群 ID。",
+        "group_not_member": "你不是 {group}（{group_id}）的成员。",
+        "no_group": "请先选择群：/group 群名或ID",
+        "groups_header": "你的群：",
+        "group_line": "  {group}（{group_id}）：{count} 人{unread}",
+        "no_groups": "你还没有加入任何群。",
+        "members_header": "{group} 的成员（{count} 人）：",
+        "member_line": "  {name}（{user_id}）{creator}",
+        "member_creator": " [群主]",
+        "member_joined": "* {names} 加入了 {group}",
+        "member_left": "* {names} 退出了 {group}",
+        "self_added": "* 你被加入了 {group}",
+        "self_removed": "* 你已不是 {group} 的成员",
         "sent": "已发送（msg_id {msg_id}）",
         "send_failed": "发送失败：{error}",
         "history_header": "与 {name} 的最近 {count} 条消息：",
         "history_empty": "与 {name} 没有消息记录。",
+        "group_history_header": "{group} 的最近 {count} 条消息：",
+        "group_history_empty": "{group} 没有消息记录。",
         "bad_count": "/history 后面应为 1 到 {maximum} 的数字，例如 /history 20",
         "unknown_command": "未知命令 {command}。输入 /help 查看命令。",
         "status_online": "{name} 上线了。",
@@ -158,6 +215,10 @@ _STATUS_TEXT = {
     BD.USER_STATUS_ONLINE: "status_online",
     BD.USER_STATUS_OFFLINE: "status_offline",
     BD.USER_STATUS_LEAVE: "status_leave",
+}
+_MEMBER_CHANGE_TEXT = {
+    BD.GROUP_MODIFY_TYPE_ADD: ("member_joined", "self_added"),
+    BD.GROUP_MODIFY_TYPE_DEL: ("member_left", "self_removed"),
 }
 _KICK_TEXT = {
     BD.KICK_REASON_DUPLICATE_USER: "kick_duplicate",
@@ -333,7 +394,7 @@ def make_codec(aes_key: str | None):
 
 
 class ChatSession:
-    """The state of one logged-in chat: known users, current peer, unread messages."""
+    """The state of one logged-in chat: known users and groups, current target, unread messages."""
 
     def __init__(self, client: Client, screen: Screen, lines, codec) -> None:
         self.client = client
@@ -341,18 +402,37 @@ class ChatSession:
         self.lines = lines
         self.codec = codec
         self.users: dict[int, BD.UserInfo] = {}
-        self.peer_id: int | None = None
+        self.groups: dict[int, BD.GroupInfo] = {}
+        # (session_type, session_id) that plain lines go to, or None.
+        self.target: tuple[int, int] | None = None
         # Latest unread msg_id per (session_type, session_id), read-acked when shown.
         self.unread_latest: dict[tuple[int, int], int] = {}
         self.quitting = False
         self.exit_code = 0
         self.commands = {
             "/to": self.command_to,
+            "/groups": self.command_groups,
+            "/group": self.command_group,
+            "/members": self.command_members,
             "/history": self.command_history,
             "/unread": self.command_unread,
             "/sessions": self.command_sessions,
             "/help": self.command_help,
         }
+
+    @property
+    def peer_id(self) -> int | None:
+        """User id of the current target when it is a user."""
+        if self.target is not None and self.target[0] == BD.SESSION_TYPE_SINGLE:
+            return self.target[1]
+        return None
+
+    @property
+    def group_id(self) -> int | None:
+        """Group id of the current target when it is a group."""
+        if self.target is not None and self.target[0] == BD.SESSION_TYPE_GROUP:
+            return self.target[1]
+        return None
 
     async def run(self) -> int:
         """Show the start-up screens, then chat until /quit, end of input or a closed connection."""
@@ -407,8 +487,54 @@ class ChatSession:
 
     def session_name(self, session_type: int, session_id: int) -> str:
         if session_type == BD.SESSION_TYPE_GROUP:
-            return self.screen.text("group_name", group_id=session_id)
+            return self.group_label(session_id)
         return self.name_of(session_id)
+
+    # -- groups
+
+    async def fetch_groups(self, group_ids) -> None:
+        """Fetch and store the GroupInfo of ``group_ids``, raising ClientError when the request fails.
+
+        A group that the server leaves out of its response (one that does not
+        exist or was dissolved) keeps what was stored before, if anything.
+        """
+        group_ids = sorted(set(group_ids))
+        if not group_ids:
+            return
+        response = await self.client.groups_info(group_ids)
+        for group in response.group_info_list:
+            self.groups[group.group_id] = group
+
+    async def learn_groups(self, group_ids) -> None:
+        """Fetch the GroupInfo of groups not known yet; failures leave them shown by id."""
+        missing = [group_id for group_id in group_ids if group_id and group_id not in self.groups]
+        try:
+            await self.fetch_groups(missing)
+        except ClientError as exc:
+            logger.info("groups_info for %d groups failed: %s", len(missing), exc)
+
+    async def load_groups(self) -> list[int]:
+        """Fetch the user's normal groups, refresh the new or changed ones, and return their ids.
+
+        NOTE: IMNormalGroupListRsp lists normal groups only, so a temporary
+        group is known only once a recent session, a message or a member
+        change notify names it.
+        """
+        response = await self.client.normal_groups()
+        stale = [info.group_id for info in response.group_version_list
+                 if info.group_id not in self.groups or self.groups[info.group_id].version < info.version]
+        await self.fetch_groups(stale)
+        return [info.group_id for info in response.group_version_list]
+
+    def group_label(self, group_id: int) -> str:
+        group = self.groups.get(group_id)
+        if group is None or not group.group_name:
+            return self.screen.text("group_name", group_id=group_id)
+        return self.screen.text("group_label", name=group.group_name)
+
+    def is_member(self, group_id: int) -> bool:
+        group = self.groups.get(group_id)
+        return group is not None and self.client.user_id in group.group_member_list
 
     # -- printing messages
 
@@ -424,11 +550,13 @@ class ChatSession:
                 name = f"{name} → {self.name_of(session_id)}"
         else:
             name = self.name_of(from_user_id)
-        if session_type == BD.SESSION_TYPE_GROUP:
-            name = f"{name} @ {self.session_name(session_type, session_id)}"
         pattern = "%Y-%m-%d %H:%M" if with_date else "%H:%M:%S"
         stamp = time.strftime(pattern, time.localtime(create_time))
-        self.screen.say("message", time=stamp, name=name, text=self.decode(data))
+        if session_type == BD.SESSION_TYPE_GROUP:
+            self.screen.say("group_message", time=stamp, group=self.group_label(session_id), name=name,
+                            text=self.decode(data))
+        else:
+            self.screen.say("message", time=stamp, name=name, text=self.decode(data))
 
     async def show_sessions(self, unread) -> None:
         counts = {(info.session_type, info.session_id): info.unread_cnt for info in unread.unreadinfo_list}
@@ -438,6 +566,8 @@ class ChatSession:
         sessions.sort(key=lambda session: session.updated_time, reverse=True)
         await self.learn_users(session.session_id for session in sessions
                                if session.session_type == BD.SESSION_TYPE_SINGLE)
+        await self.learn_groups(session.session_id for session in sessions
+                                if session.session_type == BD.SESSION_TYPE_GROUP)
         if not sessions:
             self.screen.say("no_sessions")
             return
@@ -456,6 +586,8 @@ class ChatSession:
         """Print the unread messages of each session, oldest first, and remember them as unread."""
         await self.learn_users(info.session_id for info in unread.unreadinfo_list
                                if info.session_type == BD.SESSION_TYPE_SINGLE)
+        await self.learn_groups(info.session_id for info in unread.unreadinfo_list
+                                if info.session_type == BD.SESSION_TYPE_GROUP)
         for info in unread.unreadinfo_list:
             if info.unread_cnt == 0:
                 continue
@@ -463,8 +595,11 @@ class ChatSession:
             response = await self.client.message_list(info.session_id, info.session_type, 0, count)
             messages = sorted(response.msg_list, key=lambda msg: msg.msg_id)
             await self.learn_users(msg.from_session_id for msg in messages)
-            self.screen.say("offline_header", name=self.session_name(info.session_type, info.session_id),
-                            count=info.unread_cnt)
+            if info.session_type == BD.SESSION_TYPE_GROUP:
+                self.screen.say("group_offline_header", group=self.group_label(info.session_id),
+                                count=info.unread_cnt)
+            else:
+                self.screen.say("offline_header", name=self.name_of(info.session_id), count=info.unread_cnt)
             for msg in messages:
                 self.print_message(msg.from_session_id, msg.create_time, msg.msg_data, info.session_type,
                                    info.session_id, with_date=True)
@@ -503,21 +638,58 @@ class ChatSession:
         elif event.command_id == BD.CID_MSG_READ_NOTIFY:
             # Another device of ours read this session.
             self.unread_latest.pop((message.session_type, message.session_id), None)
+        elif event.command_id == BD.CID_GROUP_CHANGE_MEMBER_NOTIFY:
+            await self.show_member_change(message)
         else:
             logger.debug("not shown: %s", event.name)
 
     async def show_delivered(self, msg) -> None:
         session_type = session_type_of(msg.msg_type)
         session_id = self.client.session_of(msg)
-        await self.learn_users([msg.from_user_id, session_id] if session_type == BD.SESSION_TYPE_SINGLE
-                               else [msg.from_user_id])
+        if session_type == BD.SESSION_TYPE_SINGLE:
+            await self.learn_users([msg.from_user_id, session_id])
+        else:
+            await self.learn_users([msg.from_user_id])
+            await self.learn_groups([session_id])
         self.print_message(msg.from_user_id, msg.create_time, msg.msg_data, session_type, session_id)
         if msg.from_user_id == self.client.user_id:
             return
-        if session_type == BD.SESSION_TYPE_SINGLE and session_id == self.peer_id:
+        if (session_type, session_id) == self.target:
             await self.client.read_ack(session_id, msg.msg_id, session_type)
         else:
             self.unread_latest[(session_type, session_id)] = msg.msg_id
+
+    async def show_member_change(self, notify) -> None:
+        """Print who an IMGroupChangeMemberNotify adds or removes: one line for others, one for this user."""
+        keys = _MEMBER_CHANGE_TEXT.get(notify.change_type)
+        if keys is None:
+            logger.info("group %d: member change of unknown change_type %d not shown",
+                        notify.group_id, notify.change_type)
+            return
+        others_key, self_key = keys
+
+        # The notify carries the members after the change, so a known group
+        # is updated in place, and an unknown one is fetched with them.
+        group_id = notify.group_id
+        group = self.groups.get(group_id)
+        if group is None:
+            await self.learn_groups([group_id])
+        else:
+            del group.group_member_list[:]
+            group.group_member_list.extend(notify.cur_user_id_list)
+
+        me = self.client.user_id
+        others = [user_id for user_id in notify.chg_user_id_list if user_id != me]
+        label = self.group_label(group_id)
+        if others:
+            await self.learn_users(others)
+            self.screen.say(others_key, names=", ".join(self.name_of(user_id) for user_id in others), group=label)
+        if me in notify.chg_user_id_list:
+            self.screen.say(self_key, group=label)
+            if notify.change_type == BD.GROUP_MODIFY_TYPE_DEL:
+                self.unread_latest.pop((BD.SESSION_TYPE_GROUP, group_id), None)
+                if self.group_id == group_id:
+                    self.target = None
 
     # -- commands
 
@@ -561,11 +733,12 @@ class ChatSession:
         self.screen.say("bye")
 
     async def send(self, text: str) -> None:
-        if self.peer_id is None:
+        if self.target is None:
             self.screen.say("no_peer")
             return
+        session_type, session_id = self.target
         try:
-            ack = await self.client.send_text(self.peer_id, self.codec.encode(text))
+            ack = await self.client.send_text(session_id, self.codec.encode(text), session_type=session_type)
         except (ClientError, ValueError) as exc:
             self.screen.say("send_failed", error=exc)
             return
@@ -585,7 +758,7 @@ class ChatSession:
             self.screen.say("peer_self")
             return
 
-        self.peer_id = user_id
+        self.target = (BD.SESSION_TYPE_SINGLE, user_id)
         self.screen.say("peer_set", name=self.name_of(user_id), user_id=user_id)
         latest = self.unread_latest.pop((BD.SESSION_TYPE_SINGLE, user_id), None)
         if latest:
@@ -595,7 +768,7 @@ class ChatSession:
         """Return the user id that ``query`` names (an id, nick, real name or domain), else print why not."""
         if query.isdigit():
             user_id = int(query)
-            if not 1 <= user_id <= 0xFFFFFFFF:
+            if not 1 <= user_id <= MAX_ID:
                 self.screen.say("peer_unknown", query=query)
                 return None
             await self.learn_users([user_id])
@@ -619,8 +792,105 @@ class ChatSession:
             self.screen.say("peer_ambiguous", query=query, names=listed)
         return None
 
+    async def command_groups(self, argument: str) -> None:
+        normal_ids = await self.load_groups()
+        unread = await self.client.unread_counts()
+        counts = {info.session_id: info.unread_cnt for info in unread.unreadinfo_list
+                  if info.session_type == BD.SESSION_TYPE_GROUP}
+        await self.learn_groups(counts)
+
+        group_ids = {group_id for group_id in normal_ids if group_id in self.groups}
+        group_ids.update(group_id for group_id in self.groups if self.is_member(group_id))
+        if not group_ids:
+            self.screen.say("no_groups")
+            return
+        self.screen.say("groups_header")
+        for group_id in sorted(group_ids, key=lambda group_id: (self.groups[group_id].group_name.casefold(),
+                                                                group_id)):
+            count = counts.get(group_id, 0)
+            unread_text = self.screen.text("session_unread", count=count) if count else ""
+            self.screen.say("group_line", group=self.group_label(group_id), group_id=group_id,
+                            count=len(self.groups[group_id].group_member_list), unread=unread_text)
+
+    async def command_group(self, argument: str) -> None:
+        if not argument:
+            if self.group_id is None:
+                self.screen.say("group_usage")
+            else:
+                self.screen.say("group_current", group=self.group_label(self.group_id), group_id=self.group_id)
+            return
+        group_id = await self.find_group(argument)
+        if group_id is None:
+            return
+        if not self.is_member(group_id):
+            self.screen.say("group_not_member", group=self.group_label(group_id), group_id=group_id)
+            return
+
+        self.target = (BD.SESSION_TYPE_GROUP, group_id)
+        self.screen.say("group_set", group=self.group_label(group_id), group_id=group_id,
+                        count=len(self.groups[group_id].group_member_list))
+        latest = self.unread_latest.pop((BD.SESSION_TYPE_GROUP, group_id), None)
+        if latest:
+            await self.client.read_ack(group_id, latest, BD.SESSION_TYPE_GROUP)
+
+    async def find_group(self, query: str) -> int | None:
+        """Return the id of a known group that ``query`` names (a group id or name), else print why not.
+
+        Names match the user's groups only, exactly (ignoring case) or else
+        by prefix. When nothing matches, the group list is fetched again once,
+        since the group may be new.
+        """
+        if query.isdigit():
+            group_id = int(query)
+            if 1 <= group_id <= MAX_ID:
+                await self.learn_groups([group_id])
+                if group_id in self.groups:
+                    return group_id
+            self.screen.say("group_unknown", query=query)
+            return None
+
+        matches = self.groups_named(query)
+        if not matches:
+            await self.load_groups()
+            matches = self.groups_named(query)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            self.screen.say("group_unknown", query=query)
+        else:
+            listed = ", ".join(f"{self.group_label(group_id)} ({group_id})" for group_id in matches[:10])
+            self.screen.say("group_ambiguous", query=query, names=listed)
+        return None
+
+    def groups_named(self, query: str) -> list[int]:
+        """Return the ids of the user's groups named ``query``, else of those whose name starts with it.
+
+        Case and a leading ``#`` in ``query`` are ignored.
+        """
+        wanted = query.casefold().removeprefix("#")
+        mine = sorted(group_id for group_id in self.groups if self.is_member(group_id))
+        exact = [group_id for group_id in mine if self.groups[group_id].group_name.casefold() == wanted]
+        if exact:
+            return exact
+        return [group_id for group_id in mine if self.groups[group_id].group_name.casefold().startswith(wanted)]
+
+    async def command_members(self, argument: str) -> None:
+        group_id = self.group_id
+        if group_id is None:
+            self.screen.say("no_group")
+            return
+        await self.fetch_groups([group_id])
+        group = self.groups[group_id]
+        await self.learn_users(group.group_member_list)
+
+        members = sorted(group.group_member_list, key=lambda user_id: (self.name_of(user_id).casefold(), user_id))
+        self.screen.say("members_header", group=self.group_label(group_id), count=len(members))
+        for user_id in members:
+            creator = self.screen.text("member_creator") if user_id == group.group_creator_id else ""
+            self.screen.say("member_line", name=self.name_of(user_id), user_id=user_id, creator=creator)
+
     async def command_history(self, argument: str) -> None:
-        if self.peer_id is None:
+        if self.target is None:
             self.screen.say("no_peer")
             return
         count = DEFAULT_HISTORY_COUNT
@@ -630,18 +900,26 @@ class ChatSession:
                 return
             count = int(argument)
 
-        peer_id = self.peer_id
-        response = await self.client.message_list(peer_id, BD.SESSION_TYPE_SINGLE, 0, count)
+        session_type, session_id = self.target
+        response = await self.client.message_list(session_id, session_type, 0, count)
         messages = sorted(response.msg_list, key=lambda msg: msg.msg_id)
-        if not messages:
-            self.screen.say("history_empty", name=self.name_of(peer_id))
-            return
-        self.screen.say("history_header", count=len(messages), name=self.name_of(peer_id))
+        await self.learn_users(msg.from_session_id for msg in messages)
+        if session_type == BD.SESSION_TYPE_GROUP:
+            label = self.group_label(session_id)
+            if not messages:
+                self.screen.say("group_history_empty", group=label)
+                return
+            self.screen.say("group_history_header", count=len(messages), group=label)
+        else:
+            if not messages:
+                self.screen.say("history_empty", name=self.name_of(session_id))
+                return
+            self.screen.say("history_header", count=len(messages), name=self.name_of(session_id))
         for msg in messages:
-            self.print_message(msg.from_session_id, msg.create_time, msg.msg_data, BD.SESSION_TYPE_SINGLE,
-                               peer_id, with_date=True)
-        self.unread_latest.pop((BD.SESSION_TYPE_SINGLE, peer_id), None)
-        await self.client.read_ack(peer_id, messages[-1].msg_id, BD.SESSION_TYPE_SINGLE)
+            self.print_message(msg.from_session_id, msg.create_time, msg.msg_data, session_type, session_id,
+                               with_date=True)
+        self.unread_latest.pop((session_type, session_id), None)
+        await self.client.read_ack(session_id, messages[-1].msg_id, session_type)
 
     async def command_unread(self, argument: str) -> None:
         response = await self.client.unread_counts()
@@ -650,6 +928,8 @@ class ChatSession:
             return
         await self.learn_users(info.session_id for info in response.unreadinfo_list
                                if info.session_type == BD.SESSION_TYPE_SINGLE)
+        await self.learn_groups(info.session_id for info in response.unreadinfo_list
+                                if info.session_type == BD.SESSION_TYPE_GROUP)
         self.screen.say("unread_header", total=response.total_cnt)
         for info in response.unreadinfo_list:
             self.screen.say("unread_line", name=self.session_name(info.session_type, info.session_id),
