@@ -150,3 +150,21 @@ async def test_bad_body_dropped_link_lives(nursery):
     assert message.msg_id == 4
     assert server.dispatcher.bad_body_count == 1
     assert server.dispatcher.unknown_count == 1
+
+
+async def test_group_change_notify_goes_to_every_other_link(nursery):
+    from teamtalk.pb import IM_Group
+
+    server = await start_route(nursery)
+    a = await link_with_users(server, (1, BD.CLIENT_TYPE_WINDOWS))
+    b = await link_with_users(server, (2, BD.CLIENT_TYPE_WINDOWS))
+    c = await link_with_users(server)
+    await wait_for(lambda: len(server.links) == 3)
+    notify = IM_Group.IMGroupChangeMemberNotify(user_id=1, change_type=BD.GROUP_MODIFY_TYPE_ADD, group_id=9,
+                                                cur_user_id_list=[1, 2], chg_user_id_list=[2])
+    await a.send(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, notify)
+    # c holds no member but may cache the group's members, so it hears of the change too.
+    for peer in (b, c):
+        _, received = await peer.expect(BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, IM_Group.IMGroupChangeMemberNotify)
+        assert received.group_id == 9
+    await assert_nothing_arrives(a)

@@ -8,6 +8,8 @@ users, here and through route_server:
 * removing a session notifies the user's other devices;
 * a new avatar or sign text is announced to everyone online;
 * ``IMKickPCClientReq`` from a mobile device closes the user's PC clients;
+* ``IMDeviceTokenReq`` is taken from mobile clients only, stored with the
+  client type of their login;
 * ``IMP2PCmdMsg`` (typing, shakes) is relayed to the peer's devices and
   never stored.
 """
@@ -31,7 +33,6 @@ FORWARDED_REQUESTS = [
     (BD.SID_GROUP, BD.CID_GROUP_SHIELD_GROUP_REQUEST, IM_Group.IMGroupShieldReq),
     (BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_REMOVE_SESSION_REQ, IM_Buddy.IMRemoveSessionReq),
     (BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_CHANGE_SIGN_INFO_REQUEST, IM_Buddy.IMChangeSignInfoReq),
-    (BD.SID_LOGIN, BD.CID_LOGIN_REQ_DEVICETOKEN, IM_Login.IMDeviceTokenReq),
     (BD.SID_LOGIN, BD.CID_LOGIN_REQ_PUSH_SHIELD, IM_Login.IMPushShieldReq),
     (BD.SID_LOGIN, BD.CID_LOGIN_REQ_QUERY_PUSH_SHIELD, IM_Login.IMQueryPushShieldReq),
 ]
@@ -61,6 +62,7 @@ class ContactHandlers:
         add(BD.SID_GROUP, BD.CID_GROUP_CREATE_REQUEST, IM_Group.IMGroupCreateReq, self.on_group_create)
         add(BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_CHANGE_AVATAR_REQUEST, IM_Buddy.IMChangeAvatarReq,
             self.on_change_avatar)
+        add(BD.SID_LOGIN, BD.CID_LOGIN_REQ_DEVICETOKEN, IM_Login.IMDeviceTokenReq, self.on_device_token)
         add(BD.SID_LOGIN, BD.CID_LOGIN_REQ_KICKPCCLIENT, IM_Login.IMKickPCClientReq, self.on_kick_pc_client)
         add(BD.SID_SWITCH_SERVICE, BD.CID_SWITCH_P2P_CMD, IM_SwitchService.IMP2PCmdMsg, self.on_p2p_cmd)
 
@@ -102,13 +104,17 @@ class ContactHandlers:
             await self.server.link_handlers.return_to_client(link_connection, pdu, message)
 
     async def on_group_changed(self, link_connection, pdu, message) -> None:
+        requester = self.server.link_handlers._client_of(message.attach_data)
         await self.server.link_handlers.return_to_client(link_connection, pdu, message)
-        if message.result_code != 0:
+        # A removal of users who were not members succeeds without changing
+        # anything, so there is nothing to announce.
+        if message.result_code != 0 or not message.chg_user_id_list:
             return
         notify = IM_Group.IMGroupChangeMemberNotify(
             user_id=message.user_id, change_type=message.change_type, group_id=message.group_id,
             cur_user_id_list=message.cur_user_id_list, chg_user_id_list=message.chg_user_id_list)
-        data = self.server.groups.change_notify(notify)
+        # The requesting connection gets the response and, as in the original, no notify.
+        data = self.server.groups.change_notify(notify, exclude=requester)
         self.server.route_link.send(data)
 
     # Sessions and profile
@@ -164,6 +170,16 @@ class ContactHandlers:
         self.server.broadcast_to_clients(pdu.encode())
 
     # Devices
+
+    async def on_device_token(self, connection: Connection, pdu, message) -> None:
+        # As in the original: only mobile clients have a push token, and the
+        # client type stored with it is the one of the login.
+        client_type = connection.state.client_type
+        if client_type not in (BD.CLIENT_TYPE_IOS, BD.CLIENT_TYPE_ANDROID):
+            logger.info("dropping a device token from a PC client of user %d", connection.state.user_id)
+            return
+        message.client_type = client_type
+        await self.server.clients.forward_to_db(connection, pdu, message)
 
     async def on_kick_pc_client(self, connection: Connection, pdu, message) -> None:
         server = self.server

@@ -11,7 +11,9 @@ not one per message.  A member change that passes through any msg_server
 (``IMGroupChangeMemberNotify``) empties that group's entry; entries also
 expire after ``ttl`` seconds, which bounds how long a change made outside
 the servers (the admin CLI) takes to reach the fan-out.  Messages that
-arrive while a group's members are being fetched wait in order.
+arrive while a group's members are being fetched wait in order.  When a
+member change arrives during a fetch, the fetch is made again, because its
+response may list the members from before the change.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class _GroupEntry:
     # Messages waiting for the member list: (encoded PDU, parsed IMMsgData, sender connection).
     waiting: deque = field(default_factory=deque)
     fetch_started: float | None = None
+    # A member change came while a fetch was in flight, so its response may predate the change.
+    fetch_outdated: bool = False
 
 
 class GroupFanOut:
@@ -62,6 +66,7 @@ class GroupFanOut:
         entry = self.groups.get(group_id)
         if entry is not None:
             entry.members = None
+            entry.fetch_outdated = entry.fetch_started is not None
 
     def _fresh_members(self, entry: _GroupEntry) -> frozenset | None:
         if entry.members is not None and trio.current_time() - entry.fetched_at < self.ttl:
@@ -119,6 +124,12 @@ class GroupFanOut:
         group_id = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
         entry = self.groups.setdefault(group_id, _GroupEntry())
         entry.fetch_started = None
+        if entry.fetch_outdated:
+            # The waiting messages go to the members after the change: fetch them again.
+            entry.fetch_outdated = False
+            if entry.waiting:
+                self._fetch_members(group_id, entry.waiting[0][1].from_user_id, entry)
+            return
         info = next((g for g in message.group_info_list if g.group_id == group_id), None)
         if info is None:
             dropped = len(entry.waiting)
@@ -133,12 +144,15 @@ class GroupFanOut:
 
     # Member changes
 
-    def change_notify(self, notify) -> bytes:
-        """Deliver an IMGroupChangeMemberNotify to local members old and new; return its PDU."""
+    def change_notify(self, notify, exclude=None) -> bytes:
+        """Deliver an IMGroupChangeMemberNotify to local members old and new; return its PDU.
+
+        ``exclude`` is a connection that gets no copy.
+        """
         self.invalidate(notify.group_id)
         data = encode_message(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, notify)
         for user_id in {*notify.cur_user_id_list, *notify.chg_user_id_list}:
-            self.server.deliver_to_user(user_id, data)
+            self.server.deliver_to_user(user_id, data, exclude=exclude)
         return data
 
 

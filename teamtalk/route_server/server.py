@@ -7,9 +7,10 @@ to the msg_server links holding that user, with a count per client type.
 Relayed PDUs (messages, read notifies, kicks, p2p commands, ...) are sent
 only to the msg_servers where a target user is online, never back to the
 sender's link.  The original broadcast every relayed PDU to every
-msg_server.  Group messages are the exception: route_server does not know
-group members, so they go to every other link, like avatar and sign-info
-changes, which interest everyone.
+msg_server.  Group messages and member changes are the exception:
+route_server does not know group members, and every msg_server may cache
+them, so they go to every other link, like avatar and sign-info changes,
+which interest everyone.
 """
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ class RouteServer:
             self._relay_to(lambda m: (m.to_user_id,)))
         add(BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_REMOVE_SESSION_NOTIFY, IM_Buddy.IMRemoveSessionNotify,
             self._relay_to(lambda m: (m.user_id,)))
+        # Every msg_server may cache the group's members, so member changes go to all.
         add(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, IM_Group.IMGroupChangeMemberNotify,
-            self._relay_to(lambda m: (*m.cur_user_id_list, *m.chg_user_id_list)))
+            self._relay_to_all)
         # Profile changes interest everyone online.
         add(BD.SID_BUDDY_LIST, BD.CID_BUDDY_LIST_AVATAR_CHANGED_NOTIFY, IM_Buddy.IMAvatarChangedNotify,
             self._relay_to_all)
