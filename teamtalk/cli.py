@@ -594,6 +594,9 @@ def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="route_server port (default 8200)")
     serve.add_argument("--db-proxy-port", type=_int_at_least_zero, default=10600,
                        help="db_proxy_server port (default 10600)")
+    serve.add_argument("--max-msg-per-second", type=_int_at_least_zero, default=20,
+                       help="messages one client connection may send per second; more are dropped "
+                            "(default 20, as the original)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     serve.set_defaults(handler=_serve)
 
@@ -625,6 +628,7 @@ def _role_handler(role: str) -> Callable[[argparse.Namespace], int]:
 
 def _serve(args: argparse.Namespace) -> int:
     from teamtalk.cluster import ClusterSettings
+    from teamtalk.msg_server.server import MsgServerSettings
     from teamtalk.roles import run_serve
 
     data_dir = args.data_dir or default_data_dir()
@@ -632,7 +636,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ClusterSettings(host=args.listen_ip, public_ip=public_ip,
                                login_http_port=args.http_port, msg_server_port=args.msg_port,
                                login_client_port=args.login_port, login_msg_server_port=args.login_msg_port,
-                               route_port=args.route_port, db_proxy_port=args.db_proxy_port)
+                               route_port=args.route_port, db_proxy_port=args.db_proxy_port,
+                               msg=MsgServerSettings(max_msg_per_second=args.max_msg_per_second))
     return run_serve(str(data_dir), settings, log_level=args.log_level)
 
 

@@ -37,7 +37,7 @@ from teamtalk.db_proxy.handlers_session import SessionHandlers
 from teamtalk.db_proxy.handlers_settings import SettingsHandlers
 from teamtalk.db_proxy.handlers_unread import UnreadHandlers
 from teamtalk.db_proxy.handlers_user import UserHandlers
-from teamtalk.net.connection import Connection
+from teamtalk.net.connection import SERVER_LINK_QUEUE_LENGTH, Connection
 from teamtalk.net.server import PduServer
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Other, IM_Server
@@ -86,7 +86,8 @@ class DbProxyServer:
         self.writer = MessageWriter(self.store, group_store=self.group_store, max_batch=max_batch,
                                     max_queued=max_queued)
         self.dispatcher = Dispatcher(self.name)
-        self.server = PduServer(self.name, host, port, self, max_pdu_length=max_pdu_length)
+        self.server = PduServer(self.name, host, port, self, max_pdu_length=max_pdu_length,
+                                send_queue_length=SERVER_LINK_QUEUE_LENGTH)
         self._request_slots = trio.Semaphore(max_in_flight)
         self._in_flight = 0
         self._idle = trio.lowlevel.ParkingLot()

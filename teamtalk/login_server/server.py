@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from teamtalk.net.connection import Connection, peer_name
+from teamtalk.net.connection import SERVER_LINK_QUEUE_LENGTH, Connection, peer_name
 from teamtalk.net.server import PduServer, open_listeners
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Login, IM_Other, IM_Server
@@ -84,7 +84,8 @@ class LoginServer:
         self.server_timeout = server_timeout
         self.registry = MsgServerRegistry()
         self.msg_server_listener = PduServer("login_server msg_server port", msg_server_host, msg_server_port,
-                                             _MsgServerSide(self), max_pdu_length=max_pdu_length)
+                                             _MsgServerSide(self), max_pdu_length=max_pdu_length,
+                                             send_queue_length=SERVER_LINK_QUEUE_LENGTH)
         self.client_listener = PduServer("login_server client port", client_host, client_port,
                                          _ClientSide(self), max_pdu_length=4096)
         self._http_scope: trio.CancelScope | None = None

@@ -75,6 +75,8 @@ class MsgServer:
         self.handles: dict[int, Connection] = {}
         self.pending = PendingAcks(settings.pending_ack_timeout)
         self.sweeper = IdleSweeper()
+        self._pc_broadcast: list[bytes] = []
+        self._nursery: trio.Nursery | None = None
         self.stats = {"msg_received": 0, "msg_acked": 0, "msg_dropped": 0, "logins": 0}
 
         self.clients = ClientHandlers(self)
@@ -111,6 +113,7 @@ class MsgServer:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             # Listen first, so the port registered with login_server is the bound one.
             port = await nursery.start(self.listener.run)
             for link in (*self.db_links, *self.login_links, self.route_link):
@@ -274,6 +277,20 @@ class MsgServer:
                 connection.send(data)
 
     def broadcast_to_pc_clients(self, data: bytes) -> None:
+        """Queue a PDU for every PC client; queued PDUs go out together.
+
+        Presence changes arrive in bursts (a login storm announces every PC
+        login to every PC user), so the PDUs that arrive in one read of the
+        route link are joined and handed to each connection as one chunk:
+        one queue entry and one write per connection, not one per PDU.
+        """
+        self._pc_broadcast.append(data)
+        if len(self._pc_broadcast) == 1:
+            self._nursery.start_soon(self._flush_pc_broadcast)
+
+    async def _flush_pc_broadcast(self) -> None:
+        data = b"".join(self._pc_broadcast)
+        self._pc_broadcast.clear()
         for user in self.users.values():
             for connection in user.connections:
                 if is_pc(connection.state.client_type):

@@ -3,15 +3,17 @@
 Strategy: the receive loop feeds bytes into a sans-I/O ``PduReader`` and
 awaits the handler for each complete PDU in arrival order, so the handler of
 one connection sees its PDUs in order.  Sends never block the caller: they
-append encoded bytes to a bounded outgoing queue that a writer task drains
-with one ``send_all`` per batch.  A peer that stops reading fills the queue
-and is disconnected instead of growing memory without bound.
+append encoded bytes to a bounded outgoing queue, and a writer task drains
+it with one ``send_all`` per batch.  The writer exists only while there is
+something to write, so an idle connection costs no task.  A peer that stops
+reading fills the queue and is disconnected instead of growing memory
+without bound.
 
 Timeouts are not checked per connection.  Each connection carries an
-absolute ``deadline`` (e.g. "log in before this") and an ``idle_timeout``
-(seconds since the last received PDU), and one ``IdleSweeper`` per server
-closes the connections that passed either.  That keeps a sleeping task per
-connection out of memory.
+absolute ``deadline`` (e.g. "log in before this"), an ``idle_timeout``
+(seconds since the last received PDU) and the start time of the write in
+progress, and one ``IdleSweeper`` per server closes the connections that
+passed a limit.  That keeps a sleeping task per connection out of memory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import deque
 from typing import Awaitable, Callable
 
 import trio
@@ -32,11 +33,15 @@ logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
 DEFAULT_SEND_QUEUE_LENGTH = 1024
+# Links between roles are trusted peers: a busy peer is slow, not hostile, and
+# dropping the link would lose requests in flight, so their queues are long.
+SERVER_LINK_QUEUE_LENGTH = 1 << 20
 DEFAULT_WRITE_TIMEOUT = 30.0
 
 _connection_ids = itertools.count(1)
 
 PduHandler = Callable[["Connection", Pdu], Awaitable[None]]
+Spawn = Callable[..., None]
 
 
 class Connection:
@@ -54,6 +59,7 @@ class Connection:
         max_pdu_length: int,
         send_queue_length: int = DEFAULT_SEND_QUEUE_LENGTH,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        spawn: Spawn | None = None,
     ) -> None:
         self.id = next(_connection_ids)
         self.peer = peer
@@ -69,9 +75,13 @@ class Connection:
         self.last_receive = trio.current_time()
         # Role state attached by the handler (user id, client type, ...).
         self.state: object = None
+        # Trio time when the write in progress started; inf while none is.
+        self.write_started = math.inf
         self._reader = PduReader(max_pdu_length)
-        self._queue: deque[bytes] = deque()
-        self._wakeup = trio.lowlevel.ParkingLot()
+        self._queue: list[bytes] = []
+        # Starts a task in a nursery that outlives the connection; set by run() if None.
+        self._spawn = spawn
+        self._writing = False
         self._cancel_scope: trio.CancelScope | None = None
         self._on_close: list[Callable[["Connection"], None]] = []
         self._closing = False
@@ -95,8 +105,9 @@ class Connection:
             self.close("outgoing queue full")
             return False
         self._queue.append(data)
-        if len(self._queue) == 1:
-            self._wakeup.unpark_all()
+        if not self._writing and self._spawn is not None:
+            self._writing = True
+            self._spawn(self._write_queued)
         return True
 
     def send_message(self, service_id: int, command_id: int, message, seq_num: int = 0) -> bool:
@@ -128,7 +139,6 @@ class Connection:
         self.closed = True
         self.close_reason = reason
         self._queue.clear()
-        self._wakeup.unpark_all()
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
         callbacks, self._on_close = self._on_close, []
@@ -145,15 +155,22 @@ class Connection:
 
         Always closes the stream before returning.  A framing error closes
         the connection; an exception raised by ``handle_pdu`` for one PDU is
-        logged and the connection goes on with the next PDU.
+        logged and the connection goes on with the next PDU.  Without a
+        ``spawn`` function, the writer runs in a nursery of this call.
         """
         connection_id_var.set(self.id)
         try:
             with trio.CancelScope() as self._cancel_scope:
                 if self.closed:
                     return
+                if self._spawn is not None:
+                    await self._receive_loop(handle_pdu)
+                    return
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop)
+                    self._spawn = nursery.start_soon
+                    if self._queue and not self._writing:
+                        self._writing = True
+                        nursery.start_soon(self._write_queued)
                     await self._receive_loop(handle_pdu)
                     nursery.cancel_scope.cancel()
         finally:
@@ -194,32 +211,31 @@ class Connection:
             logger.exception("handler failed on PDU service_id=%d command_id=%d from %s",
                              pdu.service_id, pdu.command_id, self.peer)
 
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            if not queue:
-                if self._closing:
-                    self.close(self.close_reason)
-                if self.closed:
-                    return
-                await self._wakeup.park()
-                continue
-            # Take everything queued so far and write it as one batch.
-            if len(queue) == 1:
-                data = queue.popleft()
-            else:
-                data = b"".join(queue)
+    async def _write_queued(self) -> None:
+        """Write queued bytes until the queue is empty, then end (the next send starts another)."""
+        try:
+            while self._queue and not self.closed:
+                queue = self._queue
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
                 queue.clear()
-            try:
-                with trio.fail_after(self.write_timeout):
+                self.write_started = trio.current_time()
+                try:
                     await self.stream.send_all(data)
-            except trio.TooSlowError:
-                logger.info("closing %s: write timed out after %.0f s", self.peer, self.write_timeout)
-                self.close("write timed out")
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.close(f"send failed: {exc}")
-                return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"send failed: {exc}")
+                    return
+                finally:
+                    self.write_started = math.inf
+            if self._closing:
+                self.close(self.close_reason)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            # This task runs in a server-wide nursery: an error must not end the server.
+            logger.exception("writer of %s failed", self.peer)
+            self.close("writer failed")
+        finally:
+            self._writing = False
 
 
 class IdleSweeper:
@@ -243,6 +259,9 @@ class IdleSweeper:
             if now >= connection.deadline:
                 logger.info("closing %s: deadline passed", connection.peer)
                 connection.close("deadline passed")
+            elif now - connection.write_started >= connection.write_timeout:
+                logger.info("closing %s: write timed out after %.0f s", connection.peer, connection.write_timeout)
+                connection.close("write timed out")
             elif now - connection.last_receive >= connection.idle_timeout:
                 logger.info("closing %s: no PDU for %.0f s", connection.peer, connection.idle_timeout)
                 connection.close("idle timeout")

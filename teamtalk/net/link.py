@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Sequence
 
 import trio
 
-from teamtalk.net.connection import Connection, IdleSweeper
+from teamtalk.net.connection import SERVER_LINK_QUEUE_LENGTH, Connection, IdleSweeper
 from teamtalk.pdu import Pdu, encode_pdu
 from teamtalk.protocol import HEARTBEAT_PDU
 
@@ -42,7 +42,7 @@ class ServerLink:
         timeout: float = 30.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
-        send_queue_length: int = 65536,
+        send_queue_length: int = SERVER_LINK_QUEUE_LENGTH,
         on_connected: Callable[["ServerLink"], None] | None = None,
         on_disconnected: Callable[["ServerLink"], None] | None = None,
         sweeper: IdleSweeper | None = None,
@@ -143,6 +143,10 @@ class ServerLink:
     async def _watch_idle(self, connection: Connection) -> None:
         while not connection.closed:
             await trio.sleep(min(1.0, self.timeout))
-            if trio.current_time() - connection.last_receive >= self.timeout:
+            now = trio.current_time()
+            if now - connection.last_receive >= self.timeout:
                 logger.warning("%s: no PDU from %s for %.0f s", self.name, connection.peer, self.timeout)
                 connection.close("link timeout")
+            elif now - connection.write_started >= connection.write_timeout:
+                logger.warning("%s: write to %s timed out", self.name, connection.peer)
+                connection.close("write timed out")

@@ -74,9 +74,11 @@ class PduServer:
         self.sweeper = sweeper or IdleSweeper()
         self.connections: set[Connection] = set()
         self._listen_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self.sweeper.run)
             with trio.CancelScope() as self._listen_scope:
                 listeners = await open_listeners(self.name, self.host, self.port)
@@ -99,6 +101,7 @@ class PduServer:
             peer=peer_name(stream),
             max_pdu_length=self.max_pdu_length,
             send_queue_length=self.send_queue_length,
+            spawn=self._nursery.start_soon,
         )
         logger.debug("%s accepted %s", self.name, connection.peer)
         self.connections.add(connection)

@@ -20,7 +20,7 @@ from collections import Counter
 
 import trio
 
-from teamtalk.net.connection import Connection
+from teamtalk.net.connection import SERVER_LINK_QUEUE_LENGTH, Connection
 from teamtalk.net.server import PduServer
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Buddy, IM_File, IM_Group, IM_Message, IM_Other, IM_Server, IM_SwitchService
@@ -95,7 +95,7 @@ class RouteServer:
         self.online = OnlineTable()
         self.links: set[Connection] = set()
         self.server = PduServer(self.name, host, port, self, max_pdu_length=max_pdu_length,
-                                send_queue_length=65536)
+                                send_queue_length=SERVER_LINK_QUEUE_LENGTH)
         self.dispatcher = Dispatcher(self.name)
         self._register_handlers()
 
