@@ -21,6 +21,7 @@ from teamtalk import config as tt_config
 from teamtalk import pdu
 from teamtalk.log import setup_logging
 from teamtalk.net.runner import run_roles
+from teamtalk.net.server import ListenError
 
 logger = logging.getLogger(__name__)
 
@@ -152,17 +153,32 @@ def run_role(role_name: str, conf_path: str | None, overrides: dict[str, str]) -
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
-        if not _is_start_up_error(exc):
+        cause = _start_up_error(exc)
+        if cause is None:
             raise
-        logger.error("%s failed to start: %s", role_name, exc)
+        logger.error("%s failed to start: %s", role_name, _describe(cause))
         return 1
     return 0
 
 
-def _is_start_up_error(exc: BaseException) -> bool:
+def _start_up_error(exc: BaseException) -> BaseException | None:
+    """Return the port or storage error inside ``exc`` (Trio wraps it in exception groups), if any."""
     from teamtalk.storage.database import StorageUnavailable
 
-    return isinstance(exc, (OSError, StorageUnavailable))
+    if isinstance(exc, (OSError, StorageUnavailable)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _start_up_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ListenError):
+        return f"{exc.strerror}; choose another port (see --help) or stop what uses it"
+    return str(exc)
 
 
 async def _run_role_async(role_name: str, config) -> None:
@@ -210,9 +226,10 @@ def run_serve(data_dir: str, settings, grace: float = 5.0, log_level: str = "INF
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
-        if not _is_start_up_error(exc):
+        cause = _start_up_error(exc)
+        if cause is None:
             raise
-        logger.error("teamtalk serve failed to start: %s", exc)
+        logger.error("teamtalk serve failed to start: %s", _describe(cause))
         return 1
     return 0
 

@@ -277,3 +277,18 @@ def test_role_port_in_use_exits_1(tmp_path):
         result = teamtalk("route-server", "-c", str(conf))
     assert result.returncode == 1
     assert f"{HOST}:{port}" in result.stderr
+
+
+def test_serve_port_in_use_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = [str(free_port()) for _ in range(5)]
+        result = teamtalk("serve", "--data-dir", str(tmp_path / "data"), "--http-port", ports[0],
+                          "--msg-port", ports[1], "--login-port", ports[2], "--login-msg-port", ports[3],
+                          "--route-port", ports[4], "--db-proxy-port", str(port))
+    assert result.returncode == 1
+    assert f"{HOST}:{port}" in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 USER_ACTION_ADD = 1
 USER_ACTION_DEL = 2
 
+# Seconds for which presence notifies are gathered before going to PC clients.
+PRESENCE_COALESCE_INTERVAL = 0.05
+
 
 @dataclass
 class MsgServerSettings:
@@ -280,15 +283,17 @@ class MsgServer:
         """Queue a PDU for every PC client; queued PDUs go out together.
 
         Presence changes arrive in bursts (a login storm announces every PC
-        login to every PC user), so the PDUs that arrive in one read of the
-        route link are joined and handed to each connection as one chunk:
-        one queue entry and one write per connection, not one per PDU.
+        login to every PC user), so the PDUs of ``PRESENCE_COALESCE_INTERVAL``
+        seconds are joined and handed to each connection as one chunk: one
+        queue entry and one write per connection, not one per PDU.  Only
+        presence waits; messages are never delayed.
         """
         self._pc_broadcast.append(data)
         if len(self._pc_broadcast) == 1:
             self._nursery.start_soon(self._flush_pc_broadcast)
 
     async def _flush_pc_broadcast(self) -> None:
+        await trio.sleep(PRESENCE_COALESCE_INTERVAL)
         data = b"".join(self._pc_broadcast)
         self._pc_broadcast.clear()
         for user in self.users.values():

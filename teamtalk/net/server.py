@@ -83,7 +83,8 @@ class PduServer:
             with trio.CancelScope() as self._listen_scope:
                 listeners = await open_listeners(self.name, self.host, self.port)
                 self.port = listeners[0].socket.getsockname()[1]
-                logger.info("%s listening on %s:%d", self.name, self.host, self.port)
+                hosts = self.host if isinstance(self.host, str) else ",".join(self.host)
+                logger.info("%s listening on %s:%d", self.name, hosts, self.port)
                 task_status.started(self.port)
                 await trio.serve_listeners(self._serve_one, listeners, handler_nursery=nursery)
 
