@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
@@ -531,3 +532,26 @@ async def test_stop_accepting_and_drain(peer, proxy, users):
     assert BD.CID_OTHER_STOP_RECV_PACKET in by_command
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_validate_pipelined_burst_answers_each(peer, users):
+    # Forty requests sent at once are checked in batches; each gets its own answer, in order.
+    names = ["alice", "bob", "nobody", "x' or '1'='1"] * 10
+    passwords = {"alice": PASSWORD, "bob": PASSWORD}
+    data = b""
+    for seq_num, name in enumerate(names, start=1):
+        request = IM_Server.IMValidateReq(user_name=name, password=hashlib.md5(
+            passwords.get(name, "wrong").encode()).hexdigest(), attach_data=seq_num.to_bytes(12, "big"))
+        data += framed(BD.SID_OTHER, BD.CID_OTHER_VALIDATE_REQ, request, seq_num)
+    await peer.send_raw(data)
+    for seq_num, name in enumerate(names, start=1):
+        pdu, response = await peer.expect(BD.CID_OTHER_VALIDATE_RSP, IM_Server.IMValidateRsp)
+        assert pdu.seq_num == seq_num
+        assert response.user_name == name
+        assert response.attach_data == seq_num.to_bytes(12, "big")
+        if name in passwords:
+            assert response.result_code == 0
+            assert response.user_info.user_id == users[name]
+        else:
+            assert response.result_code != 0
+            assert not response.HasField("user_info")

@@ -21,7 +21,7 @@ from teamtalk.pb import IM_Server
 from teamtalk.pdu import Pdu
 from teamtalk.protocol import Dispatcher
 from teamtalk.storage import Storage
-from teamtalk.storage.users import user_info_fields, validate_user
+from teamtalk.storage.users import user_info_fields, validate_users
 
 logger = logging.getLogger(__name__)
 
@@ -80,46 +80,70 @@ class FailedLoginTracker:
         return times
 
 
+#: Logins checked with one query at most.
+MAX_VALIDATE_BATCH = 500
+
+
 class LoginHandlers:
-    """Handler of ``CID_OTHER_VALIDATE_REQ``, checked against the users table."""
+    """Handler of ``CID_OTHER_VALIDATE_REQ``, checked against the users table.
+
+    Requests are checked in batches: the first request of an idle server
+    is checked at once, and those that arrive meanwhile are checked together
+    by the next query, so a login storm costs one query per batch.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.failures = FailedLoginTracker()
+        self._queue: list[tuple[Connection, Pdu, IM_Server.IMValidateReq]] = []
+        self._checking = False
 
     def register(self, dispatcher: Dispatcher, spawn: Spawn) -> None:
         dispatcher.add(BD.SID_OTHER, BD.CID_OTHER_VALIDATE_REQ, IM_Server.IMValidateReq,
                        spawn(self.validate))
 
     async def validate(self, connection: Connection, pdu: Pdu, request: IM_Server.IMValidateReq) -> None:
-        response = IM_Server.IMValidateRsp(user_name=request.user_name, attach_data=request.attach_data)
         name = request.user_name
-
         if self.failures.is_locked(name):
             logger.info("validate %r: locked after %d failed logins", name, self.failures.limit)
-            response.result_code = RESULT_TOO_MANY_FAILURES
-            response.result_string = TEXT_TOO_MANY_FAILURES
-            send_response(connection, pdu, BD.SID_OTHER, BD.CID_OTHER_VALIDATE_RSP, response)
+            self._respond(connection, pdu, request, RESULT_TOO_MANY_FAILURES, TEXT_TOO_MANY_FAILURES)
             return
-
+        self._queue.append((connection, pdu, request))
+        if self._checking:
+            return  # the task checking the current batch takes this one next
+        self._checking = True
         try:
-            user = await validate_user(self.storage.slave, name, request.password)
+            while self._queue:
+                batch = self._queue[:MAX_VALIDATE_BATCH]
+                del self._queue[:MAX_VALIDATE_BATCH]
+                await self._check_batch(batch)
+        finally:
+            self._checking = False
+
+    async def _check_batch(self, batch: list[tuple[Connection, Pdu, IM_Server.IMValidateReq]]) -> None:
+        try:
+            users = await validate_users(self.storage.slave, [(r.user_name, r.password) for _, _, r in batch])
         except Exception:
-            logger.exception("validate %r: user lookup failed", name)
-            response.result_code = RESULT_SERVER_ERROR
-            response.result_string = TEXT_SERVER_ERROR
-            send_response(connection, pdu, BD.SID_OTHER, BD.CID_OTHER_VALIDATE_RSP, response)
+            logger.exception("validate: lookup of %d users failed", len(batch))
+            for connection, pdu, request in batch:
+                self._respond(connection, pdu, request, RESULT_SERVER_ERROR, TEXT_SERVER_ERROR)
             return
 
-        if user is None:
-            self.failures.record_failure(name)
-            logger.info("validate %r: wrong name or password, or user disabled", name)
-            response.result_code = RESULT_BAD_CREDENTIALS
-            response.result_string = TEXT_BAD_CREDENTIALS
-        else:
-            self.failures.clear(name)
-            logger.info("validate %r: user %d", name, user.id)
-            response.result_code = RESULT_OK
-            response.result_string = TEXT_OK
+        for (connection, pdu, request), user in zip(batch, users):
+            name = request.user_name
+            if user is None:
+                self.failures.record_failure(name)
+                logger.info("validate %r: wrong name or password, or user disabled", name)
+                self._respond(connection, pdu, request, RESULT_BAD_CREDENTIALS, TEXT_BAD_CREDENTIALS)
+            else:
+                self.failures.clear(name)
+                logger.debug("validate %r: user %d", name, user.id)
+                self._respond(connection, pdu, request, RESULT_OK, TEXT_OK, user)
+
+    def _respond(self, connection: Connection, pdu: Pdu, request: IM_Server.IMValidateReq,
+                 result_code: int, text: str, user=None) -> None:
+        response = IM_Server.IMValidateRsp(user_name=request.user_name, attach_data=request.attach_data,
+                                           result_code=result_code, result_string=text)
+        if user is not None:
             response.user_info.CopyFrom(BD.UserInfo(**user_info_fields(user)))
         send_response(connection, pdu, BD.SID_OTHER, BD.CID_OTHER_VALIDATE_RSP, response)

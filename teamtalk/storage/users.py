@@ -305,3 +305,36 @@ async def set_user_status(db: Database, name: str, status: int) -> None:
     assignments = {"status": status, "updated": int(time.time())}
     await db.run("set_user_status", _update_by_name, name, assignments)
     logger.info("status of user %s set to %d", name, status)
+
+
+def _select_by_names(cursor: Cursor, names: list[str]) -> dict[str, list[UserRow]]:
+    found: dict[str, list[UserRow]] = {}
+    for start in range(0, len(names), _IN_CHUNK):
+        chunk = names[start:start + _IN_CHUNK]
+        placeholders = ", ".join(["%s"] * len(chunk))
+        cursor.execute(f"SELECT {_COLUMNS} FROM IMUser WHERE name IN ({placeholders}) ORDER BY id", chunk)
+        for row in cursor.fetchall():
+            user = UserRow.from_db(row)
+            found.setdefault(user.name, []).append(user)
+    return found
+
+
+async def validate_users(db: Database, credentials: list[tuple[str, str]]) -> list[UserRow | None]:
+    """Check several (name, client_password) pairs with one query; return a result per pair.
+
+    Each result is what :func:`validate_user` returns for that pair.  A login
+    storm costs one round trip per batch instead of one per login.
+    """
+    names = sorted({name for name, password in credentials if name and password})
+    rows = await db.run("validate_users", _select_by_names, names) if names else {}
+    results: list[UserRow | None] = []
+    for name, client_password in credentials:
+        match = None
+        if name and client_password:
+            for row in rows.get(name, ()):
+                if row.status == STATUS_ACTIVE and hmac.compare_digest(
+                        _salted(client_password, row.salt).encode(), row.password.lower().encode()):
+                    match = row
+                    break
+        results.append(match)
+    return results
