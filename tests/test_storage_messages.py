@@ -324,3 +324,5 @@ async def test_store_insert_failure_gives_msg_ids_back(storage):
     assert all("insert failed" in message.error for message in failed)
     assert after.msg_id == 3
     assert await get_unread_counts(storage.caches.get("unread"), ALICE) == {BOB: 1}
+    # The counters bumped alongside the failed insert were taken back.
+    assert await get_unread_counts(storage.caches.get("unread"), BOB) == {ALICE: 2}

@@ -392,11 +392,16 @@ class MessageStore:
             _fail(batch, f"msg_id allocation failed: {exc}")
             return
 
-        # Phase 3: rows, one transaction per database.
-        stored = await self._insert(batch, session_ids, first_ids, now)
-
-        # Phase 4: unread counters of the recipients.
-        await self._bump_unread(stored)
+        # Phase 3: rows, one transaction per database, and the recipients'
+        # unread counters at the same time, so the batch waits for one round
+        # trip instead of two. Counters of messages whose insert failed are
+        # taken back afterwards.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._bump_unread, batch)
+            stored = await self._insert(batch, session_ids, first_ids, now)
+        if len(stored) < len(batch):
+            stored_ids = {id(message) for message in stored}
+            await self._bump_unread([m for m in batch if id(m) not in stored_ids], -1)
 
     async def _resolve_conversations(self, batch: list[NewMessage], now: int) -> list[int]:
         """Set ``relate_id`` on every message and return the session ids they touch."""
@@ -531,13 +536,13 @@ class MessageStore:
             # The counters now run ahead of the stored rows, which leaves a gap.
             logger.exception("giving back msg_ids of relations %s failed", relate_ids)
 
-    async def _bump_unread(self, stored: list[NewMessage]) -> None:
+    async def _bump_unread(self, stored: list[NewMessage], step: int = 1) -> None:
         if not stored:
             return
         increments: dict[tuple[int, int], int] = {}
         for message in stored:
             key = (message.to_id, message.from_id)
-            increments[key] = increments.get(key, 0) + 1
+            increments[key] = increments.get(key, 0) + step
         try:
             await self.cache.pipeline([
                 ("hincrby", unread_key(to_id), str(from_id), count)
