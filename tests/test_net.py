@@ -246,3 +246,49 @@ async def test_heartbeat_pdu_is_valid():
     pdu = reader.next_pdu()
     assert pdu.service_id == BD.SID_OTHER
     assert pdu.command_id == BD.CID_OTHER_HEARTBEAT
+
+
+async def tcp_connection_pair(nursery, **kwargs):
+    """A Connection on the server side of a real loopback TCP connection, and the client stream."""
+    accepted = trio.Event()
+    holder = {}
+
+    async def handler(stream):
+        holder["stream"] = stream
+        accepted.set()
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream(HOST, port)
+    await accepted.wait()
+    connection = make_connection(holder["stream"], spawn=nursery.start_soon, **kwargs)
+    return connection, client
+
+
+async def test_connection_socket_writes_keep_order(nursery):
+    connection, client = await tcp_connection_pair(nursery)
+    # Large bodies fill the socket buffer, so sends switch between the direct
+    # write and the queue drained by the writer task.
+    expected = []
+    for seq in range(300):
+        body = bytes([seq % 251]) * (seq * 997 % 60000)
+        expected.append((seq, body))
+        assert connection.send(encode_pdu(1, 2, body, seq))
+    reader = PduReader()
+    received = []
+    with trio.fail_after(10):
+        while len(received) < len(expected):
+            reader.feed(await client.receive_some(1 << 20))
+            received += [(pdu.seq_num, pdu.body) for pdu in reader]
+    assert received == expected
+    assert not connection.closed
+
+
+async def test_connection_socket_peer_not_reading_closes(nursery):
+    connection, client = await tcp_connection_pair(nursery, send_queue_length=8)
+    chunk = b"x" * 65536
+    results = [connection.send(chunk) for _ in range(200)]
+    assert False in results
+    assert connection.closed
+    assert connection.close_reason == "outgoing queue full"

@@ -3,9 +3,10 @@
 Strategy: the receive loop feeds bytes into a sans-I/O ``PduReader`` and
 awaits the handler for each complete PDU in arrival order, so the handler of
 one connection sees its PDUs in order.  Sends never block the caller: they
-append encoded bytes to a bounded outgoing queue, and a writer task drains
-it with one ``send_all`` per batch.  The writer exists only while there is
-something to write, so an idle connection costs no task.  A peer that stops
+write to the socket at once when nothing is queued (the usual case), else
+append to a bounded outgoing queue that a writer task drains with one
+``send_all`` per batch.  The writer exists only while there is something
+to write, so an idle connection costs no task.  A peer that stops
 reading fills the queue and is disconnected instead of growing memory
 without bound.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from typing import Awaitable, Callable
 
 import trio
@@ -82,6 +84,8 @@ class Connection:
         # Starts a task in a nursery that outlives the connection; set by run() if None.
         self._spawn = spawn
         self._writing = False
+        # The socket's file descriptor, written directly while nothing is queued.
+        self._fd = _socket_fd(stream)
         self._cancel_scope: trio.CancelScope | None = None
         self._on_close: list[Callable[["Connection"], None]] = []
         self._closing = False
@@ -104,6 +108,18 @@ class Connection:
                         self.peer, len(self._queue))
             self.close("outgoing queue full")
             return False
+        if not self._writing and not self._queue and self._fd is not None:
+            # Fast path: nothing is queued, so write at once without a task.
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self.close(f"send failed: {exc}")
+                return False
+            if written == len(data):
+                return True
+            data = data[written:]
         self._queue.append(data)
         if not self._writing and self._spawn is not None:
             self._writing = True
@@ -270,6 +286,16 @@ class IdleSweeper:
         while True:
             await trio.sleep(self.interval)
             self.sweep()
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int | None:
+    """Return the file descriptor of a plain trio.SocketStream, else None."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    try:
+        return stream.socket.fileno()
+    except OSError:
+        return None
 
 
 def peer_name(stream: trio.abc.Stream) -> str:
