@@ -241,12 +241,13 @@ class MsgServer:
         user = self.users.get(user_id)
         if user is None:
             return 0
+        victims = [c for c in user.connections_of_class(client_type) if c is not keep]
+        if not victims:
+            return 0
         kick = encode_message(BD.SID_LOGIN, BD.CID_LOGIN_KICK_USER,
                               IM_Login.IMKickUser(user_id=user_id, kick_reason=reason))
         kicked = 0
-        for connection in user.connections_of_class(client_type):
-            if connection is keep:
-                continue
+        for connection in victims:
             logger.info("kicking user %d on %s (reason %d)", user_id, connection.peer, reason)
             self.remove_login(connection)
             connection.send(kick)
