@@ -15,16 +15,23 @@ when a group id first appears and updated by IMGroupChangeMemberNotify.
 Screen text is English, or Chinese when the locale (LC_ALL, LC_MESSAGES or
 LANG, in that order of precedence) starts with ``zh``. All of it sits in
 ``TEXTS``.
+
+Ctrl-C (SIGINT) before login ends the chat with exit status 130. Once
+logged in, it quits like ``/quit``: the chat logs out, says goodbye and
+exits with 0. A second Ctrl-C during that logout ends the chat at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 import trio
@@ -34,6 +41,7 @@ from teamtalk.client import (
     Client,
     ClientError,
     LoginRefused,
+    MsgServerUnavailable,
     open_client,
     session_type_of,
 )
@@ -47,6 +55,8 @@ MAX_OFFLINE_MESSAGES = 50  # per session, fetched at start
 PREVIEW_LENGTH = 40  # characters of the latest message shown per session
 MAX_LINE_LENGTH = 64 * 1024  # bytes of one input line read from a stream
 MAX_ID = 0xFFFFFFFF  # user ids and group ids are uint32 on the wire
+DEFAULT_LOGIN_HTTP_PORT = 8080  # HttpPort of the original loginserver.conf
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process that Ctrl-C stopped
 
 TEXTS = {
     "en": {
@@ -55,7 +65,20 @@ TEXTS = {
         "connecting": "Connecting to msg_server {host}:{port}...",
         "logged_in": "Logged in as {name} (user id {user_id}) on msg_server {server}.",
         "login_refused": "Login rejected: {reason} (code {code}).",
+        "refuse_no_msg_server": "no msg_server is available",
+        "refuse_msg_server_full": "every msg_server is full",
+        "refuse_no_db_server": "msg_server cannot reach db_proxy_server; try again later",
+        "refuse_no_login_server": "msg_server cannot reach login_server; try again later",
+        "refuse_no_route_server": "msg_server cannot reach route_server; try again later",
+        "refuse_db_validate_failed": "wrong user name or password",
+        "refuse_version_too_old": "this client version is too old",
+        "refuse_no_reason": "no reason given",
+        "no_msg_server": "login_server {host}:{port} has no msg_server to offer: {reason} (code {code}).",
+        "not_http": ("Error: {host}:{port} does not answer HTTP. Give login_server's HTTP port "
+                     "(HttpPort in loginserver.conf, default {default_port}) with --http-port."),
         "error": "Error: {error}",
+        "interrupted": "Interrupted.",
+        "no_password": "No password given.",
         "aes_unavailable": "--aes-key needs the Python package 'cryptography', which is not installed.",
         "aes_bad_key": "--aes-key must be 32 bytes long (AES-256), not {length}.",
         "sessions_header": "Recent sessions:",
@@ -85,7 +108,7 @@ TEXTS = {
             "  /unread            show the unread message counts\n"
             "  /sessions          show the recent sessions\n"
             "  /help              show this help\n"
-            "  /quit              log out and leave (the end of input also quits)\n"
+            "  /quit              log out and leave (Ctrl-C and the end of input also quit)\n"
             "Any other line is sent to the current user or group. Start a line with // to send text that "
             "begins with /."
         ),
@@ -98,13 +121,15 @@ TEXTS = {
         "no_peer": "Choose a user first: /to NAME_OR_ID, or a group: /group NAME_OR_ID",
         "group_usage": "Usage: /group NAME_OR_ID",
         "group_current": "You are talking in {group} ({group_id}).",
-        "group_set": "Now talking in {group} ({group_id}), {count} members.",
+        "group_set": {"one": "Now talking in {group} ({group_id}), {count} member.",
+                      "other": "Now talking in {group} ({group_id}), {count} members."},
         "group_unknown": "No group matches '{query}'.",
         "group_ambiguous": "'{query}' matches several groups: {names}. Use the group id.",
         "group_not_member": "You are not a member of {group} ({group_id}).",
         "no_group": "Choose a group first: /group NAME_OR_ID",
         "groups_header": "Your groups:",
-        "group_line": "  {group} ({group_id}): {count} members{unread}",
+        "group_line": {"one": "  {group} ({group_id}): {count} member{unread}",
+                       "other": "  {group} ({group_id}): {count} members{unread}"},
         "no_groups": "You are not in any group.",
         "members_header": "Members of {group} ({count}):",
         "member_line": "  {name} ({user_id}){creator}",
@@ -115,9 +140,11 @@ TEXTS = {
         "self_removed": "* You are no longer a member of {group}",
         "sent": "sent (msg_id {msg_id})",
         "send_failed": "Not sent: {error}",
-        "history_header": "Last {count} messages with {name}:",
+        "history_header": {"one": "Last {count} message with {name}:",
+                           "other": "Last {count} messages with {name}:"},
         "history_empty": "No messages with {name}.",
-        "group_history_header": "Last {count} messages in {group}:",
+        "group_history_header": {"one": "Last {count} message in {group}:",
+                                 "other": "Last {count} messages in {group}:"},
         "group_history_empty": "No messages in {group}.",
         "bad_count": "/history takes a number from 1 to {maximum}, e.g. /history 20",
         "unknown_command": "Unknown command {command}. Type /help for the commands.",
@@ -136,7 +163,20 @@ TEXTS = {
         "connecting": "正在连接消息服务器 {host}:{port}……",
         "logged_in": "已登录：{name}（用户 ID {user_id}），消息服务器 {server}。",
         "login_refused": "登录被拒绝：{reason}（错误码 {code}）。",
+        "refuse_no_msg_server": "没有可用的消息服务器",
+        "refuse_msg_server_full": "所有消息服务器都已满",
+        "refuse_no_db_server": "消息服务器连不上数据库代理服务器，请稍后再试",
+        "refuse_no_login_server": "消息服务器连不上登录服务器，请稍后再试",
+        "refuse_no_route_server": "消息服务器连不上路由服务器，请稍后再试",
+        "refuse_db_validate_failed": "用户名或密码错误",
+        "refuse_version_too_old": "客户端版本太旧",
+        "refuse_no_reason": "服务器没有说明原因",
+        "no_msg_server": "登录服务器 {host}:{port} 没有可分配的消息服务器：{reason}（错误码 {code}）。",
+        "not_http": ("出错了：{host}:{port} 没有以 HTTP 应答。请用 --http-port 指定登录服务器的 HTTP 端口"
+                     "（loginserver.conf 中的 HttpPort，默认 {default_port}）。"),
         "error": "出错了：{error}",
+        "interrupted": "已中断。",
+        "no_password": "没有输入密码。",
         "aes_unavailable": "使用 --aes-key 需要安装 Python 包 cryptography，当前未安装。",
         "aes_bad_key": "--aes-key 必须是 32 字节（AES-256），现在是 {length} 字节。",
         "sessions_header": "最近会话：",
@@ -165,7 +205,7 @@ TEXTS = {
             "  /unread            显示未读消息数\n"
             "  /sessions          显示最近会话\n"
             "  /help              显示本帮助\n"
-            "  /quit              退出登录并离开（输入结束时也会退出）\n"
+            "  /quit              退出登录并离开（按 Ctrl-C 或输入结束时也会退出）\n"
             "其他输入会发送给当前用户或群。以 // 开头可以发送以 / 开头的内容。"
         ),
         "to_usage": "用法：/to 名字或ID",
@@ -224,6 +264,35 @@ _KICK_TEXT = {
     BD.KICK_REASON_DUPLICATE_USER: "kick_duplicate",
     BD.KICK_REASON_MOBILE_KICK: "kick_mobile",
 }
+# ResultType of IMLoginRes and IMMsgServRsp. The code of login_server's HTTP
+# /msg_server uses the same numbers: 1 no msg_server, 2 all full.
+_REFUSE_TEXT = {
+    BD.REFUSE_REASON_NO_MSG_SERVER: "refuse_no_msg_server",
+    BD.REFUSE_REASON_MSG_SERVER_FULL: "refuse_msg_server_full",
+    BD.REFUSE_REASON_NO_DB_SERVER: "refuse_no_db_server",
+    BD.REFUSE_REASON_NO_LOGIN_SERVER: "refuse_no_login_server",
+    BD.REFUSE_REASON_NO_ROUTE_SERVER: "refuse_no_route_server",
+    BD.REFUSE_REASON_DB_VALIDATE_FAILED: "refuse_db_validate_failed",
+    BD.REFUSE_REASON_VERSION_TOO_OLD: "refuse_version_too_old",
+}
+
+
+def is_not_http_answer(exc: ClientError, host: str, port: int) -> bool:
+    """Return True if ``exc`` means that the port of ``host`` replied to the HTTP request in another protocol.
+
+    That is what a PDU port does: it closes the connection without a
+    response, resets it, or sends binary data.
+
+    NOTE: client.fetch_msg_server raises a plain ClientError in these cases,
+    so they are recognised by the start of its message; keep the prefixes
+    below in step with that function.
+    """
+    if type(exc) is not ClientError:
+        return False
+    where = f"login_server {host}:{port}"
+    prefixes = (f"{where} sent an incomplete HTTP response", f"{where} sent an invalid HTTP status line",
+                f"connection to {where} failed")
+    return str(exc).startswith(prefixes)
 
 
 def choose_language(choice: str = "auto", environ=None) -> str:
@@ -239,14 +308,22 @@ def choose_language(choice: str = "auto", environ=None) -> str:
 
 
 class Screen:
-    """A text stream that prints the strings of one language's ``TEXTS`` table."""
+    """A text stream that prints the strings of one language's ``TEXTS`` table.
+
+    A text that depends on a number is a dict of plural forms: "one" is used
+    when the ``count`` value is 1, "other" otherwise. Chinese has no plural,
+    so its table contains plain strings.
+    """
 
     def __init__(self, stream, language: str) -> None:
         self.stream = stream
         self.texts = TEXTS[language]
 
     def text(self, key: str, **values) -> str:
-        return self.texts[key].format(**values)
+        template = self.texts[key]
+        if isinstance(template, dict):
+            template = template["one" if values["count"] == 1 else "other"]
+        return template.format(**values)
 
     def say(self, key: str, **values) -> None:
         self.write_line(self.text(key, **values))
@@ -258,6 +335,44 @@ class Screen:
     def prompt(self, key: str) -> None:
         self.stream.write(self.texts[key])
         self.stream.flush()
+
+
+# ----------------------------------------------------------------------
+# Ctrl-C
+
+
+class InterruptRouter:
+    """Turns each SIGINT (Ctrl-C) into the cancellation of the innermost scope it opened.
+
+    The chat opens one scope per phase: the whole chat before login, only
+    the input loop once logged in. An interrupt while no scope is open is
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: list[trio.CancelScope] = []
+
+    @contextlib.contextmanager
+    def open_cancel_scope(self):
+        """Enter a new cancel scope that interrupts cancel until the ``with`` block ends.
+
+        Afterwards interrupts go to the scope that received them before.
+        """
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.remove(scope)
+
+    def interrupt(self) -> None:
+        if self._scopes:
+            self._scopes[-1].cancel()
+
+    async def watch(self, interrupts) -> None:
+        """Call :meth:`interrupt` once per item of the async iterable ``interrupts``, until it ends."""
+        async for _ in interrupts:
+            self.interrupt()
 
 
 # ----------------------------------------------------------------------
@@ -396,11 +511,13 @@ def make_codec(aes_key: str | None):
 class ChatSession:
     """The state of one logged-in chat: known users and groups, current target, unread messages."""
 
-    def __init__(self, client: Client, screen: Screen, lines, codec) -> None:
+    def __init__(self, client: Client, screen: Screen, lines, codec,
+                 interrupts: InterruptRouter | None = None) -> None:
         self.client = client
         self.screen = screen
         self.lines = lines
         self.codec = codec
+        self.interrupts = interrupts if interrupts is not None else InterruptRouter()
         self.users: dict[int, BD.UserInfo] = {}
         self.groups: dict[int, BD.GroupInfo] = {}
         # (session_type, session_id) that plain lines go to, or None.
@@ -435,7 +552,26 @@ class ChatSession:
         return None
 
     async def run(self) -> int:
-        """Show the start-up screens, then chat until /quit, end of input or a closed connection."""
+        """Show the start-up screens, then chat until /quit, Ctrl-C, end of input or a closed connection.
+
+        Returns the exit status: 0 after /quit, Ctrl-C or the end of input,
+        1 when the connection closed. /quit, Ctrl-C and the end of input log
+        out first. A Ctrl-C during that logout goes to the caller's scope of
+        ``self.interrupts`` and cancels the logout.
+        """
+        async with trio.open_nursery() as nursery:
+            with self.interrupts.open_cancel_scope() as input_scope:
+                await self.show_start_screens()
+                nursery.start_soon(self.print_events, nursery.cancel_scope)
+                await self.read_commands()
+            if input_scope.cancelled_caught:
+                # The terminal shows ^C without a line break.
+                self.screen.write_line("")
+            await self.quit()
+            nursery.cancel_scope.cancel()
+        return self.exit_code
+
+    async def show_start_screens(self) -> None:
         await self.load_users()
         me = self.client.user_id
         self.screen.say("logged_in", name=self.name_of(me), user_id=me, server=self.client.peer)
@@ -446,12 +582,6 @@ class ChatSession:
         except ClientError as exc:
             self.screen.say("error", error=exc)
         self.screen.say("help_hint")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.print_events, nursery.cancel_scope)
-            await self.read_commands()
-            nursery.cancel_scope.cancel()
-        return self.exit_code
 
     # -- users
 
@@ -694,7 +824,7 @@ class ChatSession:
     # -- commands
 
     async def read_commands(self) -> None:
-        """Run commands and send text lines until /quit or the end of input."""
+        """Run commands and send text lines until /quit or the end of input (the caller logs out)."""
         while True:
             line = await self.lines.readline()
             if line is None:
@@ -721,9 +851,9 @@ class ChatSession:
                 await handler(argument.strip())
             except ClientError as exc:
                 self.screen.say("error", error=exc)
-        await self.quit()
 
     async def quit(self) -> None:
+        """Log out, waiting at most 5 s for IMLogoutRsp, and print the goodbye line."""
         self.quitting = True
         if not self.client.closed:
             try:
@@ -946,36 +1076,52 @@ class ChatSession:
 # Entry points
 
 
-async def run_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
-    """Run ``teamtalk chat`` and return its exit status (0 after /quit or end of input).
+async def run_chat(args: argparse.Namespace, stdin=None, stdout=None, interrupts=None) -> int:
+    """Run ``teamtalk chat`` and return its exit status.
+
+    The status is 0 after /quit, Ctrl-C or the end of input once logged in,
+    1 when the login or the connection fails, 2 for an unusable --aes-key,
+    and 130 after Ctrl-C before login or during the logout.
 
     ``stdin`` is a Trio ReceiveStream of UTF-8 bytes or a text file, and
     defaults to sys.stdin. ``stdout`` is a text file and defaults to
-    sys.stdout. Without ``--password``, the password is the first input line
-    when ``stdin`` is given, and is asked with getpass otherwise.
+    sys.stdout. Without ``--password``, the password is the first input
+    line (:func:`chat_main` prompts for it with getpass before this runs).
+    ``interrupts`` is an async iterable with one item per Ctrl-C, such as
+    the receiver of ``trio.open_signal_receiver(signal.SIGINT)``. Without
+    it, SIGINT raises KeyboardInterrupt as Trio does by default.
     """
     screen = Screen(stdout if stdout is not None else sys.stdout, choose_language(args.lang))
     if stdin is not None and hasattr(stdin, "receive_some"):
         lines = StreamLines(stdin)
     else:
         lines = FileLines(stdin if stdin is not None else sys.stdin)
-
-    try:
-        codec = make_codec(args.aes_key)
-    except ImportError:
-        screen.say("aes_unavailable")
-        return 2
-    except ValueError:
-        screen.say("aes_bad_key", length=len(args.aes_key.encode("utf-8")))
+    codec = make_codec_or_explain(args.aes_key, screen)
+    if codec is None:
         return 2
 
+    router = InterruptRouter()
+    status = EXIT_INTERRUPTED
+    async with trio.open_nursery() as nursery:
+        if interrupts is not None:
+            nursery.start_soon(router.watch, interrupts)
+        with router.open_cancel_scope() as chat_scope:
+            status = await _log_in_and_chat(args, screen, lines, codec, router)
+        nursery.cancel_scope.cancel()
+    if chat_scope.cancelled_caught:
+        # The terminal shows ^C without a line break.
+        screen.write_line("")
+        screen.say("interrupted")
+        return EXIT_INTERRUPTED
+    return status
+
+
+async def _log_in_and_chat(args: argparse.Namespace, screen: Screen, lines, codec, router: InterruptRouter) -> int:
+    """Log in and run the chat; print why and return 1 when the login or the connection fails."""
     password = args.password
     if password is None:
-        if stdin is None:
-            password = await trio.to_thread.run_sync(getpass.getpass, screen.text("password_prompt"))
-        else:
-            screen.prompt("password_prompt")
-            password = await lines.readline() or ""
+        screen.prompt("password_prompt")
+        password = await lines.readline() or ""
 
     client_options = {"request_timeout": args.timeout}
     try:
@@ -984,18 +1130,44 @@ async def run_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             screen.say("connecting", host=host, port=port)
             async with Client.connect(host, port, connect_timeout=args.timeout, **client_options) as client:
                 await client.login(args.user, password)
-                return await ChatSession(client, screen, lines, codec).run()
-        screen.say("looking_up", host=args.login_host, port=args.login_port)
-        async with open_client(args.login_host, args.login_port, args.user, password,
+                return await ChatSession(client, screen, lines, codec, router).run()
+        screen.say("looking_up", host=args.login_host, port=args.http_port)
+        async with open_client(args.login_host, args.http_port, args.user, password,
                                client_options=client_options, connect_timeout=args.timeout) as client:
-            return await ChatSession(client, screen, lines, codec).run()
+            return await ChatSession(client, screen, lines, codec, router).run()
     except LoginRefused as exc:
-        reason = exc.result_string or str(exc)
+        reason = refuse_reason(screen, exc.result_code, exc.result_string)
         screen.say("login_refused", reason=reason, code=exc.result_code)
         return 1
-    except ClientError as exc:
-        screen.say("error", error=exc)
+    except MsgServerUnavailable as exc:
+        reason = refuse_reason(screen, exc.code, exc.message)
+        screen.say("no_msg_server", host=args.login_host, port=args.http_port, reason=reason, code=exc.code)
         return 1
+    except ClientError as exc:
+        if args.msg_server is None and is_not_http_answer(exc, args.login_host, args.http_port):
+            screen.say("not_http", host=args.login_host, port=args.http_port, default_port=DEFAULT_LOGIN_HTTP_PORT)
+        else:
+            screen.say("error", error=exc)
+        return 1
+
+
+def refuse_reason(screen: Screen, code: int, server_text: str) -> str:
+    """Return the screen text of a ResultType ``code``, or ``server_text`` for a code not in ``TEXTS``."""
+    key = _REFUSE_TEXT.get(code)
+    if key is not None:
+        return screen.text(key)
+    return server_text or screen.text("refuse_no_reason")
+
+
+def make_codec_or_explain(aes_key: str | None, screen: Screen):
+    """Return the msg_data codec for ``--aes-key``, or None after printing why the key cannot be used."""
+    try:
+        return make_codec(aes_key)
+    except ImportError:
+        screen.say("aes_unavailable")
+    except ValueError:
+        screen.say("aes_bad_key", length=len(aes_key.encode("utf-8")))
+    return None
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -1007,12 +1179,52 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_port(text: str) -> int:
+    """Parse a TCP port number from 1 to 65535 for argparse."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, not {text!r}")
+    return int(text)
+
+
 def chat_main(args: argparse.Namespace) -> int:
-    """Run the chat in a new Trio run; the ``func`` of the ``chat`` subcommand."""
+    """Run the chat in a new Trio run; the ``func`` of the ``chat`` subcommand.
+
+    Without ``--password``, getpass prompts for the password first, in this
+    thread and outside Trio. Ctrl-C at that prompt then ends the
+    command at once, and getpass restores the terminal's echo on its way out.
+    """
+    screen = Screen(sys.stdout, choose_language(args.lang))
+    if make_codec_or_explain(args.aes_key, screen) is None:
+        return 2
+    if args.password is None:
+        try:
+            password = getpass.getpass(screen.text("password_prompt"))
+        except KeyboardInterrupt:
+            screen.write_line("")
+            screen.say("interrupted")
+            return EXIT_INTERRUPTED
+        except EOFError:
+            screen.write_line("")
+            screen.say("no_password")
+            return 1
+        args = argparse.Namespace(**{**vars(args), "password": password})
+
     try:
-        return trio.run(run_chat, args)
+        return trio.run(_run_chat_with_sigint, args)
     except KeyboardInterrupt:
-        return 130
+        # SIGINT came before the signal receiver was set up or after it closed.
+        screen.write_line("")
+        screen.say("interrupted")
+        return EXIT_INTERRUPTED
+
+
+async def _run_chat_with_sigint(args: argparse.Namespace) -> int:
+    # Python runs signal handlers in the main thread only, so in another
+    # thread (as in tests) SIGINT cannot reach the chat anyway.
+    if threading.current_thread() is not threading.main_thread():
+        return await run_chat(args)
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        return await run_chat(args, interrupts=interrupts)
 
 
 def add_chat_command(subparsers) -> argparse.ArgumentParser:
@@ -1025,8 +1237,13 @@ def add_chat_command(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--login-host", default="127.0.0.1",
                         help="login_server host (default: %(default)s)")
-    parser.add_argument("--login-port", type=int, default=8080,
-                        help="login_server HTTP port that serves /msg_server (default: %(default)s)")
+    parser.add_argument("--http-port", type=parse_port, default=DEFAULT_LOGIN_HTTP_PORT,
+                        help="login_server's HTTP port, which hands out msg_servers at /msg_server "
+                             "(HttpPort in loginserver.conf; default: %(default)s)")
+    # The first name of --http-port, still accepted. It is hidden because
+    # `teamtalk serve --login-port` sets login_server's PDU port instead.
+    parser.add_argument("--login-port", dest="http_port", type=parse_port, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--msg-server", type=parse_host_port, metavar="HOST:PORT",
                         help="connect to this msg_server directly instead of requesting one from login_server")
     parser.add_argument("--user", required=True, help="user name to log in with")

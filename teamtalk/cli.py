@@ -18,9 +18,11 @@ Each subcommand stores a ``handler(args) -> int`` in its parser defaults;
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import logging
 import os
+import signal
 import sys
 import time
 import unicodedata
@@ -49,6 +51,11 @@ PROG = "teamtalk"
 DATA_DIR_ENV = "TEAMTALK_DATA_DIR"
 #: Connections the administration commands open on a MySQL database.
 ADMIN_POOL_SIZE = 1
+#: Exit status when stdout is a pipe whose reader has gone (``teamtalk user list | head -1``):
+#: 128 + SIGPIPE, what shells report for cat or grep stopped by the same closed pipe, so
+#: scripts with ``set -o pipefail`` can treat both alike. The example in "Note on SIGPIPE"
+#: of Python's signal module docs exits with 1, but 1 already means a failed command here.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 class CommandError(Exception):
@@ -563,7 +570,7 @@ def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
     for command, role in ROLE_COMMANDS.items():
         parser = subparsers.add_parser(
             command, help=f"run {role} from an original-style conf file",
-            description=f"Run {role}. Keys and defaults: teamtalk sample-config {role}.")
+            description=f"Run {role}. Keys and defaults: {PROG} sample-config {command}.")
         parser.add_argument("-c", "--config", metavar="FILE",
                             help=f"conf file (e.g. {tt_config.conf_file_name(role)}); "
                                  "without it, loopback defaults are used")
@@ -602,7 +609,9 @@ def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
 
     sample = subparsers.add_parser("sample-config", help="print a sample conf file of a role",
                                    description="Print a conf file with every key of a role and its default.")
-    sample.add_argument("role", choices=sorted(tt_config.ROLES))
+    sample.add_argument("role", type=_role_name, metavar="ROLE",
+                        help=f"one of {', '.join(_hyphenated(role) for role in tt_config.ROLES)}; "
+                             "the conf spelling with underscores (route_server) works too")
     sample.set_defaults(handler=lambda args: _print_sample(args.role))
 
     try:
@@ -610,6 +619,21 @@ def add_role_commands(subparsers: argparse._SubParsersAction) -> None:
     except ImportError:  # the terminal client is optional in stripped-down installs
         return
     add_chat_command(subparsers)
+
+
+def _hyphenated(role: str) -> str:
+    return role.replace("_", "-")
+
+
+def _role_name(text: str) -> str:
+    """Return the role name of teamtalk.config that ``text`` spells with hyphens or underscores."""
+    from teamtalk import config as tt_config
+
+    role = text.replace("-", "_")
+    if role not in tt_config.ROLES:
+        choices = ", ".join(_hyphenated(name) for name in tt_config.ROLES)
+        raise argparse.ArgumentTypeError(f"unknown role {text!r}; choose from {choices}")
+    return role
 
 
 def _role_handler(role: str) -> Callable[[argparse.Namespace], int]:
@@ -620,7 +644,9 @@ def _role_handler(role: str) -> Callable[[argparse.Namespace], int]:
         try:
             overrides = tt_config.overrides_from_args(args)
         except tt_config.ConfigError as exc:
-            raise CommandError(str(exc)) from None
+            # The same form and status as run_role's errors for the conf file and the keys.
+            print(f"{PROG} {role}: {exc}", file=sys.stderr)
+            return 2
         return run_role(role, args.config, overrides)
 
     return handler
@@ -656,15 +682,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` like ``parser.parse_args``, but report unknown arguments with the subcommand's usage.
+
+    argparse hands the arguments that a subcommand does not know back to
+    the top-level parser, whose error shows the top-level usage. Here the
+    innermost chosen subcommand reports them, with the closest option name
+    when one is near. Raises SystemExit after printing the error, as
+    argparse does.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command_parser = _chosen_parser(parser, args)
+        command_parser.error(_unknown_arguments_message(command_parser, unknown))
+    return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """Return the parser of the innermost subcommand that ``args`` chose."""
+    while True:
+        subcommands = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if not subcommands:
+            return parser
+        chosen = getattr(args, subcommands[0].dest, None)
+        if chosen not in subcommands[0].choices:
+            return parser
+        parser = subcommands[0].choices[chosen]
+
+
+def _unknown_arguments_message(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    options = [option for action in parser._actions if action.help != argparse.SUPPRESS
+               for option in action.option_strings]
+    suggestions = []
+    for argument in unknown:
+        if argument.startswith("-"):
+            suggestions += difflib.get_close_matches(argument.partition("=")[0], options, n=1)
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if suggestions:
+        message += f" (did you mean {' or '.join(suggestions)}?)"
+    return message
+
+
+def _discard_stdout() -> int:
+    """Point stdout at /dev/null after its reader went away, and return EXIT_BROKEN_PIPE.
+
+    Python flushes sys.stdout once more at exit, which would raise
+    BrokenPipeError again on the closed pipe.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError):  # no real file, such as pytest's capture
+        return EXIT_BROKEN_PIPE
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``teamtalk`` command and return its exit status.
 
     0 on success, 1 when the command fails (the reason is printed to
-    stderr), 2 for invalid arguments.
+    stderr), 2 for invalid arguments, 130 after Ctrl-C, and 141
+    (EXIT_BROKEN_PIPE) without a message when stdout is a pipe that its
+    reader closed.
     """
+    try:
+        status = _run(argv)
+        # A closed pipe shows up at this flush at the latest, not at interpreter exit.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _discard_stdout()
+    except BaseExceptionGroup as group:
+        # The chat prints from tasks of Trio nurseries, which wrap the error.
+        if group.split(BrokenPipeError)[1] is not None:
+            raise
+        return _discard_stdout()
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
 

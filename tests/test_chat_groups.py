@@ -7,8 +7,6 @@ requested, as db_proxy does. Tests that push events while the chat runs watch it
 for a line instead of sleeping.
 """
 
-import io
-
 import pytest
 import trio
 import trio.testing
@@ -16,7 +14,16 @@ import trio.testing
 from teamtalk import chat
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Group, IM_Message
-from tests.test_client import PASSWORD, SAFETY_TIMEOUT, FakeMsgServer, chat_args, msg_data, parse, run_scripted_chat
+from tests.test_client import (
+    PASSWORD,
+    SAFETY_TIMEOUT,
+    FakeMsgServer,
+    WatchedOutput,
+    chat_args,
+    msg_data,
+    parse,
+    run_scripted_chat,
+)
 
 
 def make_group(group_id, name, creator, members, group_type=BD.GROUP_TYPE_NORMAL, version=1):
@@ -58,25 +65,6 @@ class FakeGroupMsgServer(FakeMsgServer):
             if group is not None and group.version > info.version:
                 response.group_info_list.append(group)
         await self.reply(stream, pdu, BD.CID_GROUP_INFO_RESPONSE, response)
-
-
-class WatchedOutput(io.StringIO):
-    """A StringIO whose readers can wait until a text has been written."""
-
-    def __init__(self):
-        super().__init__()
-        self._changed = trio.Event()
-
-    def write(self, text):
-        written = super().write(text)
-        self._changed.set()
-        self._changed = trio.Event()
-        return written
-
-    async def wait_for(self, text, count=1):
-        with trio.fail_after(SAFETY_TIMEOUT):
-            while self.getvalue().count(text) < count:
-                await self._changed.wait()
 
 
 class LiveChat:
@@ -203,6 +191,21 @@ async def test_group_sends_group_text(fake, english):
     assert "Now talking to Bob (2)." in output
     assert "Now talking in #Design (51), 3 members." in output
     assert "sent (msg_id 103)" in output
+
+
+async def test_group_of_one_member_in_singular(fake, english):
+    fake.groups[53] = make_group(53, "solo", 1, [1])
+    fake.history[53] = [BD.MsgInfo(msg_id=1, from_session_id=1, create_time=1_700_000_000, msg_type=0x11,
+                                   msg_data=b"note to self")]
+
+    status, output = await run_scripted_chat(alice_args(fake), "/groups\n/group solo\n/history\n/quit\n")
+
+    assert status == 0
+    assert "  #solo (53): 1 member\n" in output
+    assert "Now talking in #solo (53), 1 member.\n" in output
+    assert "Last 1 message in #solo:\n" in output
+    assert "1 members" not in output
+    assert "1 messages" not in output
 
 
 async def test_group_name_with_hash_and_case(fake, english):

@@ -1,5 +1,8 @@
 """Tests of the administration commands of ``teamtalk``: init-db, user and depart.
 
+Also the command's own behaviour: argument errors, sample-config, role
+command errors, and output into a closed pipe (in child processes).
+
 The commands run in-process through ``teamtalk.cli.main`` on a data
 directory (embedded SQLite) and on a fresh database of the private MariaDB
 server. These tests are synchronous because each command runs its own
@@ -9,12 +12,15 @@ server. These tests are synchronous because each command runs its own
 from __future__ import annotations
 
 import getpass
+import os
+import subprocess
+import sys
 import urllib.parse
 
 import pytest
 import trio
 
-from teamtalk.cli import main
+from teamtalk.cli import EXIT_BROKEN_PIPE, main
 from teamtalk.storage import open_embedded_database, users
 from teamtalk.storage.database import open_mysql
 
@@ -358,3 +364,128 @@ def test_mysql_without_tables_asks_for_init_db(capsys, mysql_url):
 
     assert status == 1
     assert "teamtalk init-db" in err
+
+
+def test_user_add_name_differing_in_case_fails(capsys, storage_args):
+    run(capsys, "user", "add", "alice", "--password", "pw", *storage_args)
+
+    status, out, err = run(capsys, "user", "add", "Alice", "--password", "other", *storage_args)
+    listed = run(capsys, "user", "list", *storage_args)
+
+    assert status == 1
+    assert "cannot add user 'Alice': user 'alice' (id 1) already exists" in err
+    assert "Alice" not in listed[1]
+
+
+# ---------------------------------------------------------------------------
+# Argument errors
+
+
+def test_misspelt_option_reports_subcommand_usage(capsys, tmp_path):
+    status, out, err = run(capsys, "user", "add", "dave", "--pasword", "x", "--data-dir", str(tmp_path))
+
+    assert status == 2
+    assert err.startswith("usage: teamtalk user add ")
+    assert "teamtalk user add: error: unrecognized arguments: --pasword x (did you mean --password?)" in err
+    assert not (tmp_path / "teamtalk.db").exists()
+
+
+def test_unknown_argument_without_close_option(capsys, tmp_path):
+    status, out, err = run(capsys, "user", "list", "--zzz", "--data-dir", str(tmp_path))
+
+    assert status == 2
+    assert err.startswith("usage: teamtalk user list ")
+    assert "teamtalk user list: error: unrecognized arguments: --zzz\n" in err
+    assert "did you mean" not in err
+
+
+def test_unknown_positional_reports_subcommand_usage(capsys):
+    status, out, err = run(capsys, "sample-config", "msfs", "extra")
+
+    assert status == 2
+    assert err.startswith("usage: teamtalk sample-config ")
+    assert "unrecognized arguments: extra" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("role", ["route-server", "route_server"])
+def test_sample_config_accepts_both_spellings(capsys, role):
+    status, out, err = run(capsys, "sample-config", role)
+
+    assert status == 0
+    assert out.startswith("# routeserver.conf: settings of route_server.")
+    assert err == ""
+
+
+def test_sample_config_unknown_role(capsys):
+    status, out, err = run(capsys, "sample-config", "routeserver")
+
+    assert status == 2
+    assert "unknown role 'routeserver'" in err
+    assert "route-server" in err
+    assert out == ""
+
+
+def test_role_command_error_names_role(capsys):
+    status, out, err = run(capsys, "route-server", "--set", "ListenPort=9000", "--set", "ListenPort=9001")
+
+    assert status == 2
+    assert err == "teamtalk route_server: command line: duplicate key 'ListenPort' (given twice with --set)\n"
+
+
+def test_role_command_unknown_key_names_role(capsys):
+    status, out, err = run(capsys, "route-server", "--set", "Foo=1")
+
+    assert status == 2
+    assert err == "teamtalk route_server: command line: unknown key 'Foo'\n"
+
+
+# ---------------------------------------------------------------------------
+# Output into a pipe that its reader closed
+
+
+def run_into_closed_pipe(*argv: str, unbuffered: bool) -> subprocess.CompletedProcess:
+    """Run the teamtalk command with stdout a pipe whose read end is closed before it starts.
+
+    With ``unbuffered``, each print fails at once; otherwise the final flush does.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "teamtalk", *argv], stdin=subprocess.DEVNULL,
+                              stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+
+
+@pytest.fixture
+def data_with_group(tmp_path, capsys) -> list[str]:
+    """A data directory with users alice and bob, and group 1 of both."""
+    args = ["--data-dir", str(tmp_path / "data")]
+    for name in ("alice", "bob"):
+        assert main(["user", "add", name, "--password", "pw", *args]) == 0
+    assert main(["group", "add", "team", "--creator", "alice", "--members", "bob", *args]) == 0
+    capsys.readouterr()
+    return args
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", [["user", "list"], ["group", "members", "1"]],
+                         ids=["user-list", "group-members"])
+def test_output_into_closed_pipe_exits_quietly(data_with_group, command, unbuffered):
+    result = run_into_closed_pipe(*command, *data_with_group, unbuffered=unbuffered)
+
+    assert result.returncode == EXIT_BROKEN_PIPE
+    assert result.stderr == b""
+
+
+def test_output_into_open_pipe_succeeds(data_with_group):
+    result = subprocess.run([sys.executable, "-m", "teamtalk", "group", "members", "1", *data_with_group],
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+    assert result.returncode == 0
+    assert b"alice" in result.stdout
+    assert result.stderr == b""

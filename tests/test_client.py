@@ -8,10 +8,14 @@ connection.
 
 import argparse
 import base64
+import contextlib
 import functools
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -848,6 +852,25 @@ def english(monkeypatch):
     monkeypatch.setenv("LANG", "en_US.UTF-8")
 
 
+class WatchedOutput(io.StringIO):
+    """A StringIO whose readers can wait until a text has been written."""
+
+    def __init__(self):
+        super().__init__()
+        self._changed = trio.Event()
+
+    def write(self, text):
+        written = super().write(text)
+        self._changed.set()
+        self._changed = trio.Event()
+        return written
+
+    async def wait_for(self, text, count=1):
+        with trio.fail_after(SAFETY_TIMEOUT):
+            while self.getvalue().count(text) < count:
+                await self._changed.wait()
+
+
 async def run_scripted_chat(args, text):
     """Run the chat with ``text`` as its whole input; return (exit status, output)."""
     send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
@@ -894,7 +917,7 @@ async def test_chat_chinese_locale(fake, monkeypatch):
 
 async def test_chat_via_login_server(nursery, fake, english):
     port, requests = await serve_http_once(nursery, http_json(msg_server_json(fake.port)))
-    args = chat_args("--login-port", str(port), "--user", "bob", "--password", PASSWORD)
+    args = chat_args("--http-port", str(port), "--user", "bob", "--password", PASSWORD)
 
     status, output = await run_scripted_chat(args, "/quit\n")
 
@@ -919,19 +942,162 @@ async def test_chat_login_refused(fake, english):
     status, output = await run_scripted_chat(args, "/quit\n")
 
     assert status == 1
-    assert "Login rejected: 用户名或密码错误 (code 6)." in output
+    assert "Login rejected: wrong user name or password (code 6)." in output
+    assert "用户名" not in output
+
+
+async def test_chat_login_refused_in_chinese(fake, monkeypatch):
+    monkeypatch.setenv("LC_ALL", "zh_CN.UTF-8")
+    args = chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", "wrong")
+
+    status, output = await run_scripted_chat(args, "/quit\n")
+
+    assert status == 1
+    assert "登录被拒绝：用户名或密码错误（错误码 6）。" in output
+
+
+def reject_login_with(fake, result_code, result_string):
+    async def refuse(stream, pdu):
+        response = IM_Login.IMLoginRes(server_time=1_700_000_000, result_code=result_code,
+                                       result_string=result_string)
+        await fake.reply(stream, pdu, BD.CID_LOGIN_RES_USERLOGIN, response)
+        await stream.aclose()
+
+    fake.on_0x0103 = refuse  # replaces the handler that accepts PASSWORD
+
+
+@pytest.mark.parametrize("code, english_text, chinese_text", [
+    (BD.REFUSE_REASON_NO_MSG_SERVER, "no msg_server is available", "没有可用的消息服务器"),
+    (BD.REFUSE_REASON_MSG_SERVER_FULL, "every msg_server is full", "所有消息服务器都已满"),
+    (BD.REFUSE_REASON_NO_DB_SERVER, "msg_server cannot reach db_proxy_server; try again later",
+     "消息服务器连不上数据库代理服务器，请稍后再试"),
+    (BD.REFUSE_REASON_NO_LOGIN_SERVER, "msg_server cannot reach login_server; try again later",
+     "消息服务器连不上登录服务器，请稍后再试"),
+    (BD.REFUSE_REASON_NO_ROUTE_SERVER, "msg_server cannot reach route_server; try again later",
+     "消息服务器连不上路由服务器，请稍后再试"),
+    (BD.REFUSE_REASON_DB_VALIDATE_FAILED, "wrong user name or password", "用户名或密码错误"),
+    (BD.REFUSE_REASON_VERSION_TOO_OLD, "this client version is too old", "客户端版本太旧"),
+])
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_chat_login_refused_codes_translated(fake, code, english_text, chinese_text, language):
+    reject_login_with(fake, code, "服务器的原文")
+    args = chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD,
+                     "--lang", language)
+
+    status, output = await run_scripted_chat(args, "")
+
+    assert status == 1
+    if language == "en":
+        assert f"Login rejected: {english_text} (code {code})." in output
+    else:
+        assert f"登录被拒绝：{chinese_text}（错误码 {code}）。" in output
+    assert "服务器的原文" not in output
+
+
+def test_refuse_reason_unknown_code():
+    # IMLoginRes.result_code is a proto2 enum, so a code outside ResultType
+    # cannot arrive in it today; login_server's HTTP code can (see below).
+    english = chat.Screen(io.StringIO(), "en")
+    chinese = chat.Screen(io.StringIO(), "zh")
+
+    assert chat.refuse_reason(english, 42, "账号已冻结") == "账号已冻结"
+    assert chat.refuse_reason(english, 42, "") == "no reason given"
+    assert chat.refuse_reason(chinese, 42, "") == "服务器没有说明原因"
+    assert chat.refuse_reason(english, BD.REFUSE_REASON_DB_VALIDATE_FAILED, "用户名或密码错误") == \
+        "wrong user name or password"
+
+
+@pytest.mark.parametrize("code, reason", [(1, "no msg_server is available"), (2, "every msg_server is full"),
+                                          (9, "维护中")])
+async def test_chat_login_server_without_msg_server(nursery, english, code, reason):
+    port, _ = await serve_http_once(nursery, http_json({"code": code, "msg": "维护中"}))
+    args = chat_args("--http-port", str(port), "--user", "alice", "--password", PASSWORD)
+
+    status, output = await run_scripted_chat(args, "")
+
+    assert status == 1
+    assert f"login_server 127.0.0.1:{port} has no msg_server to offer: {reason} (code {code})." in output
 
 
 async def test_chat_no_login_server(english):
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     await listener.aclose()
-    args = chat_args("--login-port", str(port), "--user", "alice", "--password", PASSWORD)
+    args = chat_args("--http-port", str(port), "--user", "alice", "--password", PASSWORD)
 
     status, output = await run_scripted_chat(args, "")
 
     assert status == 1
     assert "Error: cannot connect to login_server" in output
+    assert "does not answer HTTP" not in output
+
+
+def test_chat_login_port_alias():
+    assert chat_args("--user", "alice").http_port == 8080
+    assert chat_args("--user", "alice", "--http-port", "9080").http_port == 9080
+    assert chat_args("--user", "alice", "--login-port", "9081").http_port == 9081
+    assert not hasattr(chat_args("--user", "alice", "--login-port", "9081"), "login_port")
+
+
+def test_chat_help_names_http_port():
+    parser = argparse.ArgumentParser(prog="teamtalk")
+    chat_parser = chat.add_chat_command(parser.add_subparsers())
+
+    text = " ".join(chat_parser.format_help().split())
+
+    assert "--http-port HTTP_PORT login_server's HTTP port" in text
+    assert "--login-port" not in text
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "http", "-1", ""])
+@pytest.mark.parametrize("option", ["--http-port", "--login-port"])
+def test_chat_port_option_rejects_bad_port(option, port, capsys):
+    with pytest.raises(SystemExit):
+        chat_args("--user", "alice", option, port)
+
+    assert "expected a port from 1 to 65535" in capsys.readouterr().err
+
+
+async def test_chat_pdu_port_not_http(nursery, english):
+    from teamtalk.login_server.server import LoginServer
+
+    login = LoginServer(client_host="127.0.0.1", client_port=0, http_host="127.0.0.1", http_port=0,
+                        msg_server_host="127.0.0.1", msg_server_port=0)
+    await nursery.start(login.run)
+    pdu_port = login.client_listener.port
+    args = chat_args("--http-port", str(pdu_port), "--user", "alice", "--password", PASSWORD)
+
+    status, output = await run_scripted_chat(args, "")
+
+    assert status == 1
+    assert (f"Error: 127.0.0.1:{pdu_port} does not answer HTTP. Give login_server's HTTP port "
+            "(HttpPort in loginserver.conf, default 8080) with --http-port.") in output
+
+
+@pytest.mark.parametrize("response", [
+    b"",
+    encode_message(BD.SID_LOGIN, BD.CID_LOGIN_RES_MSGSERVER, IM_Login.IMMsgServRsp(result_code=0)),
+    b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+], ids=["closed", "pdu", "other-protocol"])
+async def test_chat_non_http_answer(nursery, english, response):
+    port, _ = await serve_http_once(nursery, response)
+    args = chat_args("--http-port", str(port), "--user", "alice", "--password", PASSWORD, "--lang", "zh")
+
+    status, output = await run_scripted_chat(args, "")
+
+    assert status == 1
+    assert f"出错了：127.0.0.1:{port} 没有以 HTTP 应答。请用 --http-port 指定登录服务器的 HTTP 端口" in output
+
+
+async def test_chat_http_404_keeps_error(nursery, english):
+    port, _ = await serve_http_once(nursery, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    args = chat_args("--http-port", str(port), "--user", "alice", "--password", PASSWORD)
+
+    status, output = await run_scripted_chat(args, "")
+
+    assert status == 1
+    assert "returned HTTP status 404" in output
+    assert "does not answer HTTP" not in output
 
 
 async def test_chat_shows_offline_messages_and_read_acks(fake, english):
@@ -1165,6 +1331,277 @@ async def test_chat_runs_from_teamtalk_command(fake, english, capsys, monkeypatc
     assert "Logged in as Alice (user id 1)" in output
     assert "sent (msg_id 101)" in output
     assert output.rstrip().endswith("Bye.")
+
+
+# ----------------------------------------------------------------------
+# Ctrl-C
+
+
+class InterruptibleChat:
+    """A chat running in a nursery, with input that stays open and a channel that stands for Ctrl-C."""
+
+    def __init__(self, args):
+        self.args = args
+        self.output = WatchedOutput()
+        self.statuses = []
+        self._done = trio.Event()
+        self._input, self._stdin = trio.testing.memory_stream_one_way_pair()
+        self._send_interrupt, self._interrupts = trio.open_memory_channel(10)
+
+    def start(self, nursery):
+        nursery.start_soon(self._run)
+
+    async def _run(self):
+        self.statuses.append(await chat.run_chat(self.args, stdin=self._stdin, stdout=self.output,
+                                                 interrupts=self._interrupts))
+        self._done.set()
+
+    async def type(self, text):
+        await self._input.send_all(text.encode("utf-8"))
+
+    async def interrupt(self):
+        await self._send_interrupt.send(signal.SIGINT)
+
+    async def finished(self):
+        """Wait for the chat to end; return its output."""
+        with trio.fail_after(SAFETY_TIMEOUT):
+            await self._done.wait()
+        return self.output.getvalue()
+
+
+async def test_chat_interrupt_in_input_loop_logs_out(nursery, fake, english):
+    live = InterruptibleChat(chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                                       "--password", PASSWORD))
+    live.start(nursery)
+    await live.type("/unread\n")
+    await live.output.wait_for("No unread messages.")
+
+    await live.interrupt()
+    output = await live.finished()
+
+    assert live.statuses == [0]
+    assert output.endswith("No unread messages.\n\nBye.\n")
+    assert "Interrupted." not in output
+    assert len(fake.of(BD.CID_LOGIN_REQ_LOGINOUT)) == 1
+
+
+async def test_chat_interrupt_at_start_up(nursery, fake, english):
+    fake.silent.add(BD.CID_MSG_UNREAD_CNT_REQUEST)
+    live = InterruptibleChat(chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                                       "--password", PASSWORD))
+    live.start(nursery)
+    await fake.wait_for(BD.CID_MSG_UNREAD_CNT_REQUEST)
+
+    await live.interrupt()
+    output = await live.finished()
+
+    assert live.statuses == [0]
+    assert "Logged in as Alice" in output
+    assert output.endswith("\nBye.\n")
+    assert "Type /help" not in output
+    assert len(fake.of(BD.CID_LOGIN_REQ_LOGINOUT)) == 1
+
+
+async def test_chat_interrupt_before_login(nursery, fake, english):
+    fake.silent.add(BD.CID_LOGIN_REQ_USERLOGIN)
+    live = InterruptibleChat(chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                                       "--password", PASSWORD))
+    live.start(nursery)
+    await fake.wait_for(BD.CID_LOGIN_REQ_USERLOGIN)
+
+    await live.interrupt()
+    output = await live.finished()
+
+    assert live.statuses == [130]
+    assert output == f"Connecting to msg_server 127.0.0.1:{fake.port}...\n\nInterrupted.\n"
+    assert fake.of(BD.CID_LOGIN_REQ_LOGINOUT) == []
+
+
+async def test_chat_interrupt_at_password_line(nursery, fake, english):
+    live = InterruptibleChat(chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice"))
+    live.start(nursery)
+    await live.output.wait_for("Password: ")
+
+    await live.interrupt()
+    output = await live.finished()
+
+    assert live.statuses == [130]
+    assert output == "Password: \nInterrupted.\n"
+    assert fake.connections == []
+
+
+async def test_chat_second_interrupt_ends_logout(nursery, fake, english):
+    fake.silent.add(BD.CID_LOGIN_REQ_LOGINOUT)
+    live = InterruptibleChat(chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                                       "--password", PASSWORD, "--timeout", "3600"))
+    live.start(nursery)
+    await fake.wait_for(BD.CID_MSG_UNREAD_CNT_REQUEST)
+    await live.interrupt()
+    await fake.wait_for(BD.CID_LOGIN_REQ_LOGINOUT)
+
+    await live.interrupt()
+    output = await live.finished()
+
+    assert live.statuses == [130]
+    assert output.endswith("\nInterrupted.\n")
+    assert "Bye." not in output
+
+
+async def test_interrupt_router_cancels_innermost_scope():
+    router = chat.InterruptRouter()
+    router.interrupt()  # no scope open: ignored
+
+    with router.open_cancel_scope() as outer:
+        with router.open_cancel_scope() as inner:
+            router.interrupt()
+            await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+    router.interrupt()
+
+    assert inner.cancelled_caught
+    assert not outer.cancel_called
+
+
+@contextlib.asynccontextmanager
+async def chat_process(*argv):
+    """Run ``teamtalk chat`` in a new session, so it has no controlling terminal, with pipes for its I/O.
+
+    The process is killed if it is still running when the block ends.
+    """
+    command = [sys.executable, "-m", "teamtalk", "chat", "--lang", "en", *argv]
+    process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_until(stream, marker):
+    """Read ``stream`` until the bytes read contain ``marker``; return them."""
+    received = bytearray()
+    with trio.fail_after(SAFETY_TIMEOUT):
+        while marker not in received:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise AssertionError(f"output ended before {marker!r}: {bytes(received)!r}")
+            received += data
+    return bytes(received)
+
+
+async def interrupt_and_wait(process):
+    """Send SIGINT, then return (exit status, rest of stdout, rest of stderr) once the process ends."""
+    process.send_signal(signal.SIGINT)
+    stdout = bytearray()
+    stderr = bytearray()
+    with trio.fail_after(SAFETY_TIMEOUT):
+        while data := await process.stdout.receive_some(4096):
+            stdout += data
+        while data := await process.stderr.receive_some(4096):
+            stderr += data
+        status = await process.wait()
+    return status, stdout.decode(), stderr.decode()
+
+
+async def test_chat_process_sigint_after_login(fake):
+    async with chat_process("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                            "--password", PASSWORD) as process:
+        await read_until(process.stdout, b"Type /help for the commands.\n")
+        status, stdout, stderr = await interrupt_and_wait(process)
+
+    assert status == 0
+    assert stdout == "\nBye.\n"
+    assert stderr == ""
+    assert len(fake.of(BD.CID_LOGIN_REQ_LOGINOUT)) == 1
+
+
+async def test_chat_process_sigint_before_login(fake):
+    fake.silent.add(BD.CID_LOGIN_REQ_USERLOGIN)
+    async with chat_process("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice",
+                            "--password", PASSWORD) as process:
+        await fake.wait_for(BD.CID_LOGIN_REQ_USERLOGIN)
+        status, stdout, stderr = await interrupt_and_wait(process)
+
+    assert status == 130
+    assert stdout == f"Connecting to msg_server 127.0.0.1:{fake.port}...\n\nInterrupted.\n"
+    assert stderr == ""
+    assert fake.of(BD.CID_LOGIN_REQ_LOGINOUT) == []
+
+
+async def test_chat_process_sigint_at_password_prompt(fake):
+    async with chat_process("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice") as process:
+        # Without a terminal, getpass warns that it cannot hide the input,
+        # then prompts on stderr.
+        prompt = await read_until(process.stderr, b"Password: ")
+        status, stdout, stderr = await interrupt_and_wait(process)
+
+    assert status == 130
+    assert stdout == "\nInterrupted.\n"
+    assert "Traceback" not in prompt.decode() + stderr
+    assert fake.connections == []
+
+
+def test_chat_password_prompt_end_of_input():
+    # Without a terminal, getpass reads the password from stdin, which is empty.
+    result = subprocess.run([sys.executable, "-m", "teamtalk", "chat", "--msg-server", "127.0.0.1:1",
+                             "--user", "alice", "--lang", "en"], stdin=subprocess.DEVNULL, capture_output=True,
+                            start_new_session=True, timeout=60)
+
+    assert result.returncode == 1
+    assert result.stdout == b"\nNo password given.\n"
+    assert b"Traceback" not in result.stderr
+
+
+def test_chat_output_into_closed_pipe():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "teamtalk", "chat", "--msg-server", "127.0.0.1:1",
+                                 "--user", "alice", "--password", PASSWORD], stdin=subprocess.DEVNULL,
+                                stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 141
+    assert result.stderr == b""
+
+
+# ----------------------------------------------------------------------
+# Singular and plural
+
+
+def test_screen_picks_plural_form():
+    english = chat.Screen(io.StringIO(), "en")
+    chinese = chat.Screen(io.StringIO(), "zh")
+
+    assert english.text("history_header", count=1, name="Bob") == "Last 1 message with Bob:"
+    assert english.text("history_header", count=2, name="Bob") == "Last 2 messages with Bob:"
+    assert english.text("history_header", count=0, name="Bob") == "Last 0 messages with Bob:"
+    assert chinese.text("history_header", count=1, name="Bob") == "与 Bob 的最近 1 条消息："
+
+
+def test_plural_texts_have_both_forms():
+    plural = {key: text for key, text in chat.TEXTS["en"].items() if isinstance(text, dict)}
+
+    assert {"history_header", "group_history_header", "group_set", "group_line"} <= set(plural)
+    for key, forms in plural.items():
+        assert set(forms) == {"one", "other"}, key
+        assert all("{count}" in form for form in forms.values()), key
+    assert not any(isinstance(text, dict) for text in chat.TEXTS["zh"].values())
+
+
+async def test_chat_history_of_one_message(fake, english):
+    fake.history[2] = [BD.MsgInfo(msg_id=1, from_session_id=2, create_time=1_700_000_000, msg_type=1,
+                                  msg_data=b"only")]
+    args = chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD)
+
+    status, output = await run_scripted_chat(args, "/to 2\n/history\n/quit\n")
+
+    assert status == 0
+    assert "Last 1 message with Bob:\n" in output
+    assert "1 messages" not in output
 
 
 def test_chat_command_requires_user():

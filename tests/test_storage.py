@@ -581,6 +581,36 @@ async def test_add_user_duplicate_name(database):
     assert len(await users.list_users(database)) == 1
 
 
+@pytest.mark.parametrize(("existing", "new"), [
+    ("alice", "Alice"),
+    ("Alice", "ALICE"),
+    ("émile", "Émile"),
+    ("Жанна", "жанна"),
+])
+async def test_add_user_name_differing_in_case(database, existing, new):
+    existing_id = await users.add_user(database, existing, "one")
+
+    with pytest.raises(users.AlreadyExists) as info:
+        await users.add_user(database, new, "two")
+
+    message = str(info.value)
+    assert repr(existing) in message
+    assert f"id {existing_id}" in message
+    assert repr(new) in message
+    assert "letter case" in message
+    assert [row.name for row in await users.list_users(database)] == [existing]
+
+
+async def test_add_user_case_check_spares_other_names(database):
+    await users.add_user(database, "alice", "pw")
+
+    for name in ("alice2", "Alicia", "张三", "Émile", "emile"):
+        await users.add_user(database, name, "pw")
+
+    names = [row.name for row in await users.list_users(database)]
+    assert names == ["alice", "alice2", "Alicia", "张三", "Émile", "emile"]
+
+
 async def test_add_user_concurrent_same_name_creates_one(database):
     outcomes = []
 

@@ -9,6 +9,13 @@ as the original admin page generates). A user may log in only while
 
 ``IMUser`` has no real-name column: the original sends ``name`` (the login
 name) as ``user_real_name``, and so does :func:`user_info_fields`.
+
+User names are unique ignoring case: :func:`add_user` rejects ``Alice``
+when ``alice`` exists. People pick each other by name, in clients and in
+``teamtalk chat``, where such names are ambiguous. Our schema and the
+original's give ``name`` the case-sensitive ``utf8mb4_bin`` collation, but
+a table made with MySQL's default collation (``utf8mb4_general_ci``) would
+take the two names for one.
 """
 
 from __future__ import annotations
@@ -134,14 +141,40 @@ def user_info_fields(row: UserRow) -> dict[str, object]:
     }
 
 
-def _select_by_name(cursor: Cursor, name: str, suffix: str = "") -> list[UserRow]:
-    cursor.execute(f"SELECT {_COLUMNS} FROM IMUser WHERE name = %s ORDER BY id{suffix}", (name,))
+def _select_by_name(cursor: Cursor, name: str) -> list[UserRow]:
+    cursor.execute(f"SELECT {_COLUMNS} FROM IMUser WHERE name = %s ORDER BY id", (name,))
     return [UserRow.from_db(row) for row in cursor.fetchall()]
 
 
+def _select_by_name_ignoring_case(cursor: Cursor, name: str) -> list[UserRow]:
+    """Return the users whose name equals ``name`` ignoring case, locking them on MySQL.
+
+    No index serves ``LOWER(name)``, so this reads the whole table. That
+    suits adding users by hand, the only caller.
+    """
+    cursor.execute(
+        f"SELECT {_COLUMNS} FROM IMUser WHERE LOWER(name) = LOWER(%s) ORDER BY id{cursor.for_update}", (name,)
+    )
+    rows = [UserRow.from_db(row) for row in cursor.fetchall()]
+    non_ascii = "".join(char for char in name if not char.isascii())
+    if cursor.dialect == "sqlite" and non_ascii.lower() != non_ascii.upper():
+        # SQLite's LOWER() changes ASCII letters only, so names with other
+        # cased letters (É, Ж) are compared here, as MySQL's LOWER() would.
+        cursor.execute(f"SELECT {_COLUMNS} FROM IMUser ORDER BY id")
+        lower = name.lower()
+        rows = [row for row in map(UserRow.from_db, cursor.fetchall()) if row.name.lower() == lower]
+    return rows
+
+
 def _insert_user(cursor: Cursor, values: dict[str, object]) -> int:
-    if _select_by_name(cursor, str(values["name"]), cursor.for_update):
-        raise AlreadyExists(f"user {values['name']!r} already exists")
+    name = str(values["name"])
+    same_name = _select_by_name_ignoring_case(cursor, name)
+    if any(row.name == name for row in same_name):
+        raise AlreadyExists(f"user {name!r} already exists")
+    if same_name:
+        existing = same_name[0]
+        raise AlreadyExists(f"cannot add user {name!r}: user {existing.name!r} (id {existing.id}) already exists, "
+                            "and user names must differ in more than letter case")
     columns = list(values)
     sql = "INSERT INTO IMUser ({}) VALUES ({})".format(", ".join(columns), ", ".join(["%s"] * len(columns)))
     try:
@@ -177,7 +210,8 @@ async def add_user(
     because IMUser has no separate real-name column.
 
     Raises:
-        AlreadyExists: a user with this name exists (whatever its status).
+        AlreadyExists: a user whose name equals ``name`` ignoring case exists
+            (whatever its status); the message names that user.
         ValueError: a field is empty, too long or out of range.
     """
     if not name:
