@@ -128,10 +128,11 @@ def _target_from_args(args: argparse.Namespace) -> DatabaseTarget:
     return DatabaseTarget(sqlite_path=directory, data_dir=True)
 
 
-async def _open_database(target: DatabaseTarget) -> Database:
+async def _open_database(target: DatabaseTarget, create_database: bool = False) -> Database:
     if target.mysql is not None:
         host, port, dbname, user, password, pool_size = target.mysql
-        return await open_mysql(MASTER, host, port, user, password, dbname, pool_size)
+        return await open_mysql(MASTER, host, port, user, password, dbname, pool_size,
+                                create_database=create_database)
     assert target.sqlite_path is not None
     if target.data_dir:
         return await open_embedded_database(target.sqlite_path)
@@ -144,14 +145,15 @@ async def _open_database(target: DatabaseTarget) -> Database:
     return database
 
 
-def _run_with_database(command: Callable[[Database, argparse.Namespace], Awaitable[None]]) -> Callable:
+def _run_with_database(command: Callable[[Database, argparse.Namespace], Awaitable[None]],
+                       create_database: bool = False) -> Callable:
     """Wrap an async command into a handler that opens and closes its database."""
 
     def handler(args: argparse.Namespace) -> int:
         target = _target_from_args(args)
 
         async def run() -> None:
-            database = await _open_database(target)
+            database = await _open_database(target, create_database)
             try:
                 await command(database, args)
             finally:
@@ -474,7 +476,7 @@ def _add_admin_commands(subparsers: argparse._SubParsersAction) -> None:
         "init-db", parents=[storage], help="create the missing tables (safe to repeat)",
         description="Create every missing TeamTalk table and index; existing tables are left untouched.",
     )
-    init.set_defaults(handler=_run_with_database(_init_db))
+    init.set_defaults(handler=_run_with_database(_init_db, create_database=True))
 
     user = subparsers.add_parser("user", help="add, list and change users")
     user_commands = user.add_subparsers(dest="user_command", metavar="COMMAND", required=True)

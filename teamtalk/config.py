@@ -687,7 +687,8 @@ _DB_PROXY_SERVER = RoleSchema(
                 " when DBInstances is set, else sqlite.",
                 extension=True, sample="mysql"),
         KeySpec("SqliteFile", "sqlite_file", TEXT,
-                "SQLite database file, relative to the working directory.", extension=True),
+                "SQLite database file; a relative path is relative to this conf file's directory.",
+                extension=True),
         KeySpec("DBPoolSize", "db_pool_size", _integer_kind(1, 1024),
                 "Database requests run at once, each in a worker thread.", extension=True),
         KeySpec("CacheEngine", "cache_engine", _choice_kind("redis", "embedded"),
@@ -1045,6 +1046,10 @@ def load_config(
         entries[key] = ConfEntry(str(value).strip(), None, COMMAND_LINE_SOURCE)
 
     config = _Loader(schema, entries, label).run()
+    if isinstance(config, DbProxyConfig) and path is not None and not os.path.isabs(config.sqlite_file):
+        # Relative to the conf file, so a command run from another directory finds the same database.
+        conf_dir = os.path.dirname(os.path.abspath(os.fspath(path)))
+        config = dataclasses.replace(config, sqlite_file=os.path.join(conf_dir, config.sqlite_file))
     logger.debug("loaded %s settings from %s with %d overrides", role, label, len(overrides or {}))
     return config
 
@@ -1135,7 +1140,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         type=_split_override,
-        help="set one key of the conf file, named as in the file (e.g. --set ListenPort=9000);"
+        help="set one key of the conf file, named as in the file (e.g. --set LogLevel=DEBUG);"
              " repeatable, and wins over the file",
     )
 

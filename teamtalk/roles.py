@@ -156,7 +156,8 @@ def run_role(role_name: str, conf_path: str | None, overrides: dict[str, str]) -
         cause = _start_up_error(exc)
         if cause is None:
             raise
-        logger.error("%s failed to start: %s", role_name, _describe(cause))
+        logger.error("%s failed to start: %s", role_name,
+                     _describe(cause, "choose another port in the conf file or with --set KEY=PORT"))
         return 1
     return 0
 
@@ -175,9 +176,9 @@ def _start_up_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, port_hint: str) -> str:
     if isinstance(exc, ListenError):
-        return f"{exc.strerror}; choose another port (see --help) or stop what uses it"
+        return f"{exc.strerror}; {port_hint}, or stop what uses it"
     return str(exc)
 
 
@@ -229,7 +230,8 @@ def run_serve(data_dir: str, settings, grace: float = 5.0, log_level: str = "INF
         cause = _start_up_error(exc)
         if cause is None:
             raise
-        logger.error("teamtalk serve failed to start: %s", _describe(cause))
+        logger.error("teamtalk serve failed to start: %s",
+                     _describe(cause, "choose another port (teamtalk serve --help lists the port options)"))
         return 1
     return 0
 

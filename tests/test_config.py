@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 import pytest
@@ -633,7 +634,18 @@ def test_load_config_sqlite_sample():
     loaded = load_config("db_proxy_server", CONF_DIR / "dbproxyserver-sqlite.conf")
     assert loaded.db_engine == "sqlite"
     assert loaded.cache_engine == "embedded"
-    assert loaded.sqlite_file == "teamtalk.db"
+    # A relative SqliteFile is relative to the conf file, wherever the command runs.
+    assert loaded.sqlite_file == os.path.join(os.path.abspath(CONF_DIR), "teamtalk.db")
+
+
+def test_sqlite_file_relative_to_conf_dir(tmp_path, monkeypatch):
+    conf = tmp_path / "etc" / "dbproxyserver.conf"
+    conf.parent.mkdir()
+    conf.write_text("SqliteFile=data/tt.db\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("db_proxy_server", conf).sqlite_file == str(tmp_path / "etc" / "data" / "tt.db")
+    conf.write_text(f"SqliteFile={tmp_path}/abs.db\n")
+    assert load_config("db_proxy_server", conf).sqlite_file == f"{tmp_path}/abs.db"
 
 
 def test_load_config_mysql_sample():

@@ -130,7 +130,8 @@ class LoginServer:
         with trio.CancelScope() as self._http_scope:
             listeners = await open_listeners("login_server HTTP", self.http_host, self.http_port)
             port = listeners[0].socket.getsockname()[1]
-            logger.info("login_server HTTP listening on %s:%d", self.http_host, port)
+            hosts = self.http_host if isinstance(self.http_host, str) else ",".join(self.http_host)
+            logger.info("login_server HTTP listening on %s:%d", hosts, port)
             task_status.started(port)
             await trio.serve_listeners(self._handle_http, listeners)
 

@@ -422,6 +422,10 @@ class _SQLiteErrors(_DriverErrors):
         return isinstance(exc, sqlite3.ProgrammingError)
 
 
+#: MySQL error number of "Unknown database".
+MYSQL_UNKNOWN_DATABASE = 1049
+
+
 async def open_mysql(
     name: str,
     host: str,
@@ -430,12 +434,15 @@ async def open_mysql(
     password: str,
     dbname: str,
     pool_size: int,
+    *,
+    create_database: bool = False,
 ) -> Database:
     """Open a pool on one MySQL/MariaDB database and check that it accepts a login.
 
     The first connection is opened at once, so a wrong address, user,
-    password or database name fails here. The caller owns the returned
-    :class:`Database` and must ``aclose()`` it.
+    password or database name fails here. With ``create_database`` a
+    missing database is created (utf8mb4) first. The caller owns the
+    returned :class:`Database` and must ``aclose()`` it.
 
     Raises:
         StorageUnavailable: mysqlclient is not installed, or the server
@@ -463,10 +470,33 @@ async def open_mysql(
                 client_flag=CLIENT.FOUND_ROWS,
             )
         except MySQLdb.MySQLError as exc:
+            if exc.args and exc.args[0] == MYSQL_UNKNOWN_DATABASE:
+                if create_database:
+                    _create_mysql_database()
+                    return connect_once()
+                raise StorageUnavailable(
+                    f"MySQL at {host}:{port} has no database {dbname!r}: create it with "
+                    "`teamtalk init-db -c dbproxyserver.conf` (or CREATE DATABASE ... CHARACTER SET utf8mb4)"
+                ) from exc
             reason = exc.args[1] if len(exc.args) > 1 else str(exc)
             raise StorageUnavailable(
                 f"cannot connect to MySQL at {host}:{port} (database {dbname!r}, user {user!r}): {reason}"
             ) from exc
+
+    def connect_once() -> Any:
+        return MySQLdb.connect(host=host, port=int(port), user=user, password=password, database=dbname,
+                               charset="utf8mb4", autocommit=False, connect_timeout=MYSQL_CONNECT_TIMEOUT_S,
+                               client_flag=CLIENT.FOUND_ROWS)
+
+    def _create_mysql_database() -> None:
+        server = MySQLdb.connect(host=host, port=int(port), user=user, password=password, charset="utf8mb4",
+                                 connect_timeout=MYSQL_CONNECT_TIMEOUT_S)
+        try:
+            server.cursor().execute(
+                f"CREATE DATABASE IF NOT EXISTS `{check_identifier(dbname)}` CHARACTER SET utf8mb4")
+        finally:
+            server.close()
+        logger.info("created MySQL database %s on %s:%s", dbname, host, port)
 
     database = Database(
         dialect="mysql",
