@@ -10,7 +10,8 @@ when a chat window opens.
 
 The current target is a user (``/to``) or a group (``/group``). Group names
 and members come from IMGroupInfoListRsp and are kept in memory, fetched
-when a group id first appears and updated by IMGroupChangeMemberNotify.
+when a group id first appears and updated by IMGroupChangeMemberNotify and
+by the IMGroupChangeMemberRsp of ``/add`` and ``/remove``.
 
 Screen text is English, or Chinese when the locale (LC_ALL, LC_MESSAGES or
 LANG, in that order of precedence) starts with ``zh``. All of it sits in
@@ -29,6 +30,7 @@ import contextlib
 import getpass
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -40,6 +42,7 @@ from teamtalk.client import (
     DEFAULT_REQUEST_TIMEOUT,
     Client,
     ClientError,
+    ClientTimeout,
     LoginRefused,
     MsgServerUnavailable,
     open_client,
@@ -103,6 +106,8 @@ TEXTS = {
             "  /groups            list your groups with their member and unread counts\n"
             "  /group NAME_OR_ID  talk in a group (group name or group id) until /to chooses a user again\n"
             "  /members           list the members of the current group\n"
+            "  /add NAME,...      add users to the current group (names or user ids, separated by commas)\n"
+            "  /remove NAME,...   remove users from the current group\n"
             "  /history [N]       show the last N messages with the current user or group (default 10)\n"
             "                     and mark them read\n"
             "  /unread            show the unread message counts\n"
@@ -138,8 +143,17 @@ TEXTS = {
         "member_left": "* {names} left {group}",
         "self_added": "* You were added to {group}",
         "self_removed": "* You are no longer a member of {group}",
+        "change_usage": "Usage: {command} NAME_OR_ID[,NAME_OR_ID...]",
+        "members_added": "Added {names} to {group}.",
+        "members_removed": "Removed {names} from {group}.",
+        "members_unchanged": "Nothing changed in {group}.",
+        "change_rejected": "The server did not allow this change to {group} (code {code}).",
+        "change_no_response": ("No response from the server within {seconds:g} s. "
+                               "Type /members to see whether the change was made."),
         "sent": "sent (msg_id {msg_id})",
         "send_failed": "Not sent: {error}",
+        "send_not_acked": ("No acknowledgement from the server within {seconds:g} s; "
+                           "the message may not have been delivered."),
         "history_header": {"one": "Last {count} message with {name}:",
                            "other": "Last {count} messages with {name}:"},
         "history_empty": "No messages with {name}.",
@@ -201,6 +215,8 @@ TEXTS = {
             "  /groups            列出你的群及其成员数和未读数\n"
             "  /group 群名或ID    改为在群里聊天（群名或群 ID）；用 /to 回到单聊\n"
             "  /members           列出当前群的成员\n"
+            "  /add 名字,...      把用户加入当前群（名字或用户 ID，用逗号分隔）\n"
+            "  /remove 名字,...   把用户移出当前群\n"
             "  /history [N]       显示与当前用户或群的最近 N 条消息（默认 10 条）并标为已读\n"
             "  /unread            显示未读消息数\n"
             "  /sessions          显示最近会话\n"
@@ -232,8 +248,15 @@ TEXTS = {
         "member_left": "* {names} 退出了 {group}",
         "self_added": "* 你被加入了 {group}",
         "self_removed": "* 你已不是 {group} 的成员",
+        "change_usage": "用法：{command} 名字或ID[,名字或ID...]",
+        "members_added": "已将 {names} 加入 {group}。",
+        "members_removed": "已将 {names} 移出 {group}。",
+        "members_unchanged": "{group} 的成员没有变化。",
+        "change_rejected": "服务器不允许对 {group} 做这次更改（错误码 {code}）。",
+        "change_no_response": "服务器在 {seconds:g} 秒内没有响应。输入 /members 可查看更改是否已生效。",
         "sent": "已发送（msg_id {msg_id}）",
         "send_failed": "发送失败：{error}",
+        "send_not_acked": "服务器在 {seconds:g} 秒内没有确认收到，消息可能没有送达。",
         "history_header": "与 {name} 的最近 {count} 条消息：",
         "history_empty": "与 {name} 没有消息记录。",
         "group_history_header": "{group} 的最近 {count} 条消息：",
@@ -259,6 +282,11 @@ _STATUS_TEXT = {
 _MEMBER_CHANGE_TEXT = {
     BD.GROUP_MODIFY_TYPE_ADD: ("member_joined", "self_added"),
     BD.GROUP_MODIFY_TYPE_DEL: ("member_left", "self_removed"),
+}
+# The line that /add and /remove print when IMGroupChangeMemberRsp reports success.
+_MEMBER_RESULT_TEXT = {
+    BD.GROUP_MODIFY_TYPE_ADD: "members_added",
+    BD.GROUP_MODIFY_TYPE_DEL: "members_removed",
 }
 _KICK_TEXT = {
     BD.KICK_REASON_DUPLICATE_USER: "kick_duplicate",
@@ -531,6 +559,8 @@ class ChatSession:
             "/groups": self.command_groups,
             "/group": self.command_group,
             "/members": self.command_members,
+            "/add": self.command_add,
+            "/remove": self.command_remove,
             "/history": self.command_history,
             "/unread": self.command_unread,
             "/sessions": self.command_sessions,
@@ -666,6 +696,21 @@ class ChatSession:
         group = self.groups.get(group_id)
         return group is not None and self.client.user_id in group.group_member_list
 
+    async def store_members(self, group_id: int, member_ids) -> None:
+        """Replace the cached member list of a group, or fetch the GroupInfo of a group not known yet."""
+        group = self.groups.get(group_id)
+        if group is None:
+            await self.learn_groups([group_id])
+        else:
+            del group.group_member_list[:]
+            group.group_member_list.extend(member_ids)
+
+    def leave_group(self, group_id: int) -> None:
+        """Forget the unread messages of a group the user was removed from, and stop talking in it."""
+        self.unread_latest.pop((BD.SESSION_TYPE_GROUP, group_id), None)
+        if self.group_id == group_id:
+            self.target = None
+
     # -- printing messages
 
     def decode(self, data: bytes) -> str:
@@ -798,15 +843,9 @@ class ChatSession:
             return
         others_key, self_key = keys
 
-        # The notify carries the members after the change, so a known group
-        # is updated in place, and an unknown one is fetched with them.
+        # The notify carries the members after the change.
         group_id = notify.group_id
-        group = self.groups.get(group_id)
-        if group is None:
-            await self.learn_groups([group_id])
-        else:
-            del group.group_member_list[:]
-            group.group_member_list.extend(notify.cur_user_id_list)
+        await self.store_members(group_id, notify.cur_user_id_list)
 
         me = self.client.user_id
         others = [user_id for user_id in notify.chg_user_id_list if user_id != me]
@@ -817,9 +856,7 @@ class ChatSession:
         if me in notify.chg_user_id_list:
             self.screen.say(self_key, group=label)
             if notify.change_type == BD.GROUP_MODIFY_TYPE_DEL:
-                self.unread_latest.pop((BD.SESSION_TYPE_GROUP, group_id), None)
-                if self.group_id == group_id:
-                    self.target = None
+                self.leave_group(group_id)
 
     # -- commands
 
@@ -867,8 +904,15 @@ class ChatSession:
             self.screen.say("no_peer")
             return
         session_type, session_id = self.target
+        # The server stores no group message from a non-member and sends no IMMsgDataAck for it.
+        if session_type == BD.SESSION_TYPE_GROUP and not self.is_member(session_id):
+            self.screen.say("group_not_member", group=self.group_label(session_id), group_id=session_id)
+            return
         try:
             ack = await self.client.send_text(session_id, self.codec.encode(text), session_type=session_type)
+        except ClientTimeout:
+            self.screen.say("send_not_acked", seconds=self.client.request_timeout)
+            return
         except (ClientError, ValueError) as exc:
             self.screen.say("send_failed", error=exc)
             return
@@ -923,14 +967,16 @@ class ChatSession:
         return None
 
     async def command_groups(self, argument: str) -> None:
-        normal_ids = await self.load_groups()
+        await self.load_groups()
         unread = await self.client.unread_counts()
         counts = {info.session_id: info.unread_cnt for info in unread.unreadinfo_list
                   if info.session_type == BD.SESSION_TYPE_GROUP}
         await self.learn_groups(counts)
 
-        group_ids = {group_id for group_id in normal_ids if group_id in self.groups}
-        group_ids.update(group_id for group_id in self.groups if self.is_member(group_id))
+        # The cached member lists decide, so a group that a member change
+        # removed the user from is left out even while IMNormalGroupListRsp
+        # still names it.
+        group_ids = [group_id for group_id in self.groups if self.is_member(group_id)]
         if not group_ids:
             self.screen.say("no_groups")
             return
@@ -1018,6 +1064,63 @@ class ChatSession:
         for user_id in members:
             creator = self.screen.text("member_creator") if user_id == group.group_creator_id else ""
             self.screen.say("member_line", name=self.name_of(user_id), user_id=user_id, creator=creator)
+
+    async def command_add(self, argument: str) -> None:
+        await self.change_members("/add", BD.GROUP_MODIFY_TYPE_ADD, argument)
+
+    async def command_remove(self, argument: str) -> None:
+        await self.change_members("/remove", BD.GROUP_MODIFY_TYPE_DEL, argument)
+
+    async def change_members(self, command: str, change_type: int, argument: str) -> None:
+        """Add or remove the users that ``argument`` names in the current group, and print the result.
+
+        ``argument`` is a list of user names or ids separated by commas
+        (ASCII or full-width, as Chinese input methods type them). Nothing
+        is sent when one of them matches no user or several. The server
+        sends the requesting connection IMGroupChangeMemberRsp and no
+        IMGroupChangeMemberNotify, so the result line here is the only one.
+        """
+        group_id = self.group_id
+        if group_id is None:
+            self.screen.say("no_group")
+            return
+        queries = [query.strip() for query in re.split("[,，]", argument) if query.strip()]
+        if not queries:
+            self.screen.say("change_usage", command=command)
+            return
+        user_ids = []
+        for query in queries:
+            user_id = await self.find_user(query)
+            if user_id is None:
+                return
+            if user_id not in self.users:
+                # find_user accepts any user id in range, but users_info returned no user for this one.
+                self.screen.say("peer_unknown", query=query)
+                return
+            if user_id not in user_ids:
+                user_ids.append(user_id)
+
+        try:
+            response = await self.client.change_group_members(group_id, change_type, user_ids)
+        except ClientTimeout:
+            self.screen.say("change_no_response", seconds=self.client.request_timeout)
+            return
+        label = self.group_label(group_id)
+        if response.result_code != 0:
+            self.screen.say("change_rejected", group=label, code=response.result_code)
+            return
+
+        await self.store_members(group_id, response.cur_user_id_list)
+        changed = list(response.chg_user_id_list)
+        if not changed:
+            self.screen.say("members_unchanged", group=label)
+            return
+        await self.learn_users(changed)
+        names = ", ".join(self.name_of(user_id) for user_id in changed)
+        self.screen.say(_MEMBER_RESULT_TEXT[change_type], names=names, group=label)
+        if change_type == BD.GROUP_MODIFY_TYPE_DEL and self.client.user_id in changed:
+            self.screen.say("self_removed", group=label)
+            self.leave_group(group_id)
 
     async def command_history(self, argument: str) -> None:
         if self.target is None:

@@ -3,9 +3,13 @@
 The fake extends the one of test_client.py with canned groups. It responds
 to IMNormalGroupListReq with the user's normal groups, and to
 IMGroupInfoListReq with the groups whose version is newer than the one
-requested, as db_proxy does. Tests that push events while the chat runs watch its output and wait
-for a line instead of sleeping.
+requested, as db_proxy does. It applies IMGroupChangeMemberReq to its groups
+and, like msg_server, sends IMGroupChangeMemberNotify to the members' other
+connections but not to the requesting one. Tests that push events while the
+chat runs watch its output and wait for a line instead of sleeping.
 """
+
+import contextlib
 
 import pytest
 import trio
@@ -48,6 +52,7 @@ class FakeGroupMsgServer(FakeMsgServer):
         super().__init__()
         self.groups = {group_id: BD.GroupInfo.FromString(group.SerializeToString())
                        for group_id, group in GROUPS.items()}
+        self.change_result = 0  # a non-zero result_code rejects every IMGroupChangeMemberReq
 
     async def on_0x0401(self, stream, pdu):  # IMNormalGroupListReq
         user_id = self.user_of.get(stream, 0)
@@ -65,6 +70,48 @@ class FakeGroupMsgServer(FakeMsgServer):
             if group is not None and group.version > info.version:
                 response.group_info_list.append(group)
         await self.reply(stream, pdu, BD.CID_GROUP_INFO_RESPONSE, response)
+
+    async def on_0x0407(self, stream, pdu):  # IMGroupChangeMemberReq
+        request = IM_Group.IMGroupChangeMemberReq.FromString(pdu.body)
+        group = self.groups.get(request.group_id)
+        if group is None:
+            return  # db_proxy does not respond about a group that does not exist
+        members = group.group_member_list
+        if request.change_type == BD.GROUP_MODIFY_TYPE_ADD:
+            changed = [user_id for user_id in request.member_id_list if user_id not in members]
+        else:
+            changed = [user_id for user_id in request.member_id_list if user_id in members]
+        # As in db_proxy, an add of members only fails, and a removal of non-members changes nothing.
+        result_code = self.change_result
+        if request.change_type == BD.GROUP_MODIFY_TYPE_ADD and not changed:
+            result_code = 1
+        response = IM_Group.IMGroupChangeMemberRsp(user_id=self.user_of.get(stream, 0),
+                                                   change_type=request.change_type, result_code=result_code,
+                                                   group_id=group.group_id)
+        if result_code != 0:
+            await self.reply(stream, pdu, BD.CID_GROUP_CHANGE_MEMBER_RESPONSE, response)
+            return
+
+        if changed:
+            group.version += 1
+        if request.change_type == BD.GROUP_MODIFY_TYPE_ADD:
+            members.extend(changed)
+        else:
+            for user_id in changed:
+                members.remove(user_id)
+        response.chg_user_id_list.extend(changed)
+        response.cur_user_id_list.extend(members)
+        await self.reply(stream, pdu, BD.CID_GROUP_CHANGE_MEMBER_RESPONSE, response)
+        if not changed:
+            return
+
+        notify = member_notify(request.change_type, group.group_id, changed, list(members),
+                               operator=response.user_id)
+        told = {*changed, *members}
+        for other in self.connections:
+            if other is not stream and self.user_of.get(other) in told:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.push(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, notify, stream=other)
 
 
 class LiveChat:
@@ -96,8 +143,8 @@ class LiveChat:
         return self.output.getvalue()
 
 
-def alice_args(fake):
-    return chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD)
+def alice_args(fake, *options):
+    return chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD, *options)
 
 
 def member_notify(change_type, group_id, changed, current, operator=1):
@@ -393,6 +440,187 @@ async def test_member_change_of_new_group(nursery, fake, english):
 
 
 # ----------------------------------------------------------------------
+# Adding and removing members
+
+
+def change_requests(fake):
+    return [parse(pdu, IM_Group.IMGroupChangeMemberReq) for pdu in fake.of(BD.CID_GROUP_CHANGE_MEMBER_REQUEST)]
+
+
+async def test_add_member_shown_once_per_device(nursery, fake, english):
+    requester = LiveChat(alice_args(fake))
+    await requester.start(nursery)
+    other_device = LiveChat(alice_args(fake))
+    await other_device.start(nursery)
+
+    await requester.type("/group dev\n/add bobby\n")
+    await requester.output.wait_for("Added Bobby to #dev.")
+    await other_device.output.wait_for("* Bobby joined #dev")
+    # A notify sent to the requester would arrive before this response.
+    await requester.type("/members\n")
+    await requester.output.wait_for("Members of #dev (4):")
+    requester_text = await requester.quit()
+    other_text = await other_device.quit()
+
+    assert requester_text.count("Added Bobby to #dev.\n") == 1
+    assert "joined" not in requester_text
+    assert "Added" not in other_text
+    request = change_requests(fake)[0]
+    assert request.group_id == 50
+    assert request.change_type == BD.GROUP_MODIFY_TYPE_ADD
+    assert list(request.member_id_list) == [4]
+
+
+async def test_add_member_updates_cached_members(fake, english):
+    status, output = await run_scripted_chat(alice_args(fake), "/group dev\n/add 4\n/group dev\n/quit\n")
+
+    assert status == 0
+    assert "Added Bobby to #dev." in output
+    assert "Now talking in #dev (50), 4 members." in output
+    # The second /group finds #dev in memory, with the members of IMGroupChangeMemberRsp.
+    assert len(fake.of(BD.CID_GROUP_INFO_REQUEST)) == 1
+
+
+async def test_remove_members_by_name_and_id(fake, english):
+    status, output = await run_scripted_chat(alice_args(fake), "/group dev\n/remove Bob, 3,bob\n/group\n/quit\n")
+
+    assert status == 0
+    assert "Removed Bob, 小红 from #dev.\n" in output
+    request = change_requests(fake)[0]
+    assert request.change_type == BD.GROUP_MODIFY_TYPE_DEL
+    assert list(request.member_id_list) == [2, 3]
+    assert fake.groups[50].group_member_list == [1]
+    assert "You are talking in #dev (50)." in output
+
+
+async def test_remove_non_member_changes_nothing(fake, english):
+    status, output = await run_scripted_chat(alice_args(fake), "/group dev\n/remove bobby\n/quit\n")
+
+    assert status == 0
+    assert "Nothing changed in #dev." in output
+    assert "Removed" not in output
+
+
+async def test_remove_self_leaves_group(fake, english):
+    script = "/group dev\n/remove alice\nstill here?\n/groups\n/quit\n"
+
+    status, output = await run_scripted_chat(alice_args(fake), script)
+
+    assert status == 0
+    assert "Removed Alice from #dev.\n* You are no longer a member of #dev\n" in output
+    assert "Choose a user first" in output
+    listing = output[output.index("Your groups:"):]
+    assert "#dev" not in listing
+    assert fake.of(BD.CID_MSG_DATA) == []
+
+
+async def test_change_members_bad_input(fake, english):
+    script = ("/add bobby\n/group dev\n/add\n/remove , ,\n/remove nosuch\n/add bobby, nosuch\n/add bo\n"
+              "/add 99\n/add 0\n/help\n/quit\n")
+
+    status, output = await run_scripted_chat(alice_args(fake), script)
+
+    assert status == 0
+    assert "Choose a group first: /group NAME_OR_ID" in output
+    assert "Usage: /add NAME_OR_ID[,NAME_OR_ID...]" in output
+    assert "Usage: /remove NAME_OR_ID[,NAME_OR_ID...]" in output
+    assert output.count("No user matches 'nosuch'.") == 2
+    assert "'bo' matches several users: Bob (2), Bobby (4). Use the user id." in output
+    assert "No user matches '99'." in output
+    assert "No user matches '0'." in output
+    assert "  /add NAME,...      add users to the current group" in output
+    assert "  /remove NAME,...   remove users from the current group" in output
+    assert fake.of(BD.CID_GROUP_CHANGE_MEMBER_REQUEST) == []
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_change_members_rejected(fake, language):
+    expected = {"en": "The server did not allow this change to #dev (code 1).",
+                "zh": "服务器不允许对 #dev 做这次更改（错误码 1）。"}[language]
+    fake.change_result = 1
+
+    status, output = await run_scripted_chat(alice_args(fake, "--lang", language),
+                                             "/group dev\n/remove bob\n/members\n/quit\n")
+
+    assert status == 0
+    assert expected in output
+    assert "Removed" not in output
+    assert "已将" not in output
+    assert fake.groups[50].group_member_list == [1, 2, 3]
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_change_members_no_response(fake, language, autojump_clock):
+    expected = {"en": "No response from the server within 3 s. Type /members to see whether the change was made.",
+                "zh": "服务器在 3 秒内没有响应。输入 /members 可查看更改是否已生效。"}[language]
+    fake.silent.add(BD.CID_GROUP_CHANGE_MEMBER_REQUEST)
+    args = alice_args(fake, "--lang", language, "--timeout", "3")
+
+    status, output = await run_scripted_chat(args, "/group dev\n/add bobby\n/quit\n")
+
+    assert status == 0
+    assert expected in output
+    assert "IMGroupChangeMemberRsp" not in output
+    assert len(fake.of(BD.CID_GROUP_CHANGE_MEMBER_REQUEST)) == 1
+
+
+# ----------------------------------------------------------------------
+# Sending after removal
+
+
+async def test_removed_group_left_out_of_groups(nursery, fake, english):
+    live = LiveChat(alice_args(fake))
+    await live.start(nursery)
+
+    # The fake still lists #dev as Alice's group, as a server may for a moment after the change.
+    await live.type("/group dev\n")
+    await live.output.wait_for("Now talking in #dev")
+    await fake.push(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY,
+                    member_notify(BD.GROUP_MODIFY_TYPE_DEL, 50, [1], [2, 3]))
+    await live.output.wait_for("* You are no longer a member of #dev")
+    await live.type("/groups\n")
+    await live.output.wait_for("Your groups:")
+    text = await live.quit()
+
+    listing = text[text.index("Your groups:"):]
+    assert "#dev" not in listing
+    assert "  #Design (51): 3 members\n" in listing
+
+
+async def test_send_to_group_without_membership(nursery, fake, english):
+    live = LiveChat(alice_args(fake))
+    await live.start(nursery)
+
+    await live.type("/group dev\n")
+    await live.output.wait_for("Now talking in #dev")
+    # Alice is removed without a notify reaching this connection; /members fetches the new list.
+    fake.groups[50].group_member_list.remove(1)
+    fake.groups[50].version += 1
+    await live.type("/members\nhello?\n")
+    await live.output.wait_for("You are not a member of #dev (50).")
+    text = await live.quit()
+
+    assert "Members of #dev (2):" in text
+    assert "sent (msg_id" not in text
+    assert fake.of(BD.CID_MSG_DATA) == []
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_group_send_without_ack(fake, language, autojump_clock):
+    expected = {"en": "No acknowledgement from the server within 3 s; the message may not have been delivered.",
+                "zh": "服务器在 3 秒内没有确认收到，消息可能没有送达。"}[language]
+    fake.silent.add(BD.CID_MSG_DATA)
+    args = alice_args(fake, "--lang", language, "--timeout", "3")
+
+    status, output = await run_scripted_chat(args, "/group dev\nhello\n/quit\n")
+
+    assert status == 0
+    assert expected in output
+    assert "IMMsgDataAck" not in output
+    assert len(fake.of(BD.CID_MSG_DATA)) == 1
+
+
+# ----------------------------------------------------------------------
 # Chinese screen text
 
 
@@ -425,6 +653,23 @@ async def test_group_chat_in_chinese(nursery, fake, chinese):
     assert "#dev 的最近 1 条消息：" in text
     assert "找不到群“不存在”。" in text
     assert "Now talking" not in text
+
+
+async def test_change_members_in_chinese(fake, chinese):
+    script = "/add bobby\n/group dev\n/add\n/add bobby\n/remove bob，xiaohong\n/add 无此人\n/help\n/quit\n"
+
+    status, output = await run_scripted_chat(alice_args(fake), script)
+
+    assert status == 0
+    assert "请先选择群：/group 群名或ID" in output
+    assert "用法：/add 名字或ID[,名字或ID...]" in output
+    assert "已将 Bobby 加入 #dev。" in output
+    assert "已将 Bob, 小红 移出 #dev。" in output
+    assert "找不到用户“无此人”。" in output
+    assert "  /add 名字,...      把用户加入当前群" in output
+    assert "  /remove 名字,...   把用户移出当前群" in output
+    assert [list(request.member_id_list) for request in change_requests(fake)] == [[4], [2, 3]]
+    assert "Added" not in output
 
 
 def test_group_texts_in_both_languages():

@@ -915,6 +915,42 @@ async def test_chat_chinese_locale(fake, monkeypatch):
     assert "Logged in" not in output
 
 
+@pytest.mark.parametrize("language", ["en", "zh"])
+async def test_chat_send_without_ack(fake, language, autojump_clock):
+    expected = {"en": "No acknowledgement from the server within 3 s; the message may not have been delivered.",
+                "zh": "服务器在 3 秒内没有确认收到，消息可能没有送达。"}[language]
+    fake.silent.add(BD.CID_MSG_DATA)
+    args = chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD,
+                     "--lang", language, "--timeout", "3")
+
+    status, output = await run_scripted_chat(args, "/to 2\nhello\n/quit\n")
+
+    assert status == 0
+    assert expected in output
+    assert "IMMsgDataAck" not in output
+    assert "seq_num" not in output
+    assert len(fake.of(BD.CID_MSG_DATA)) == 1
+
+
+async def test_chat_send_failure_keeps_error(nursery, fake, english):
+    args = chat_args("--msg-server", f"127.0.0.1:{fake.port}", "--user", "alice", "--password", PASSWORD)
+    fake.silent.add(BD.CID_MSG_DATA)
+    send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
+    output = io.StringIO()
+
+    async def close_when_sent():
+        await fake.wait_for(BD.CID_MSG_DATA)
+        await fake.close_all()
+
+    nursery.start_soon(close_when_sent)
+    await send_stream.send_all(b"/to 2\nhello\n")
+    with trio.fail_after(SAFETY_TIMEOUT):
+        status = await chat.run_chat(args, stdin=receive_stream, stdout=output)
+
+    assert status == 1
+    assert "Not sent: connection closed: server closed the connection" in output.getvalue()
+
+
 async def test_chat_via_login_server(nursery, fake, english):
     port, requests = await serve_http_once(nursery, http_json(msg_server_json(fake.port)))
     args = chat_args("--http-port", str(port), "--user", "bob", "--password", PASSWORD)
