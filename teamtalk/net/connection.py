@@ -96,10 +96,12 @@ class Connection:
     # Sending
 
     def send(self, data: bytes) -> bool:
-        """Queue encoded PDU bytes; return False if the connection is closed.
+        """Send encoded PDU bytes, or queue them; return False if the connection is closed.
 
-        If the outgoing queue already holds ``send_queue_length`` batches, the
-        peer is not reading: the connection is closed and False returned.
+        With nothing queued the bytes go to the socket at once, and only what
+        the kernel does not take is queued for the writer task.  If the queue
+        already holds ``send_queue_length`` entries, the peer is not reading:
+        the connection is closed and False returned.
         """
         if self.closed or self._closing:
             return False
