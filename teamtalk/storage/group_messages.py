@@ -34,6 +34,7 @@ import trio
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.storage.cache import Cache
 from teamtalk.storage.database import Cursor, Database
+from teamtalk.storage.msg_ids import MsgIdCounters
 from teamtalk.storage.groups import (
     COUNT_FIELD,
     GroupDirectory,
@@ -319,8 +320,8 @@ class GroupMessageStore:
         self.max_msg_data_length = max_msg_data_length
         #: Group session ids per group and member.
         self._sessions: dict[int, dict[int, int]] = {}
-        #: Last msg_id handed out (or highest stored) per group.
-        self._last_msg_ids: dict[int, int] = {}
+        self._counters = MsgIdCounters(unread_cache, group_msg_id_key,
+                                       lambda ids: get_group_max_msg_ids(shards, ids), "group")
         self._lock = trio.Lock()
 
     @classmethod
@@ -330,7 +331,7 @@ class GroupMessageStore:
 
     def forget_last_msg_ids(self) -> None:
         """Drop the remembered msg_ids, as a restarted process would start."""
-        self._last_msg_ids.clear()
+        self._counters.forget()
 
     async def store_messages(self, messages: Sequence[NewGroupMessage], now: int | None = None) -> None:
         """Store messages; set ``msg_id`` on each stored one and ``error`` on the others.
@@ -372,7 +373,7 @@ class GroupMessageStore:
         # Phase 2: every member's group session, and the last msg_ids.
         try:
             session_ids = await self._member_sessions(used, now)
-            await self._load_last_msg_ids(set(used))
+            await self._counters.load(used)
         except Exception as exc:
             logger.exception("storing %d group messages failed while looking up sessions", len(accepted))
             _fail(accepted, f"session lookup failed: {exc}")
@@ -380,7 +381,9 @@ class GroupMessageStore:
 
         # Phase 3: msg_ids, one INCRBY per group.
         try:
-            first_ids = await self._allocate_msg_ids(accepted)
+            msg_ids, first_ids = await self._counters.allocate([message.group_id for message in accepted])
+            for message, msg_id in zip(accepted, msg_ids):
+                message.msg_id = msg_id
         except Exception as exc:
             logger.exception("storing %d group messages failed while taking msg_ids", len(accepted))
             _fail(accepted, f"msg_id allocation failed: {exc}")
@@ -410,53 +413,6 @@ class GroupMessageStore:
             session_ids.extend(known[user_id] for user_id in snapshot.members)
         return sorted(set(session_ids))
 
-    async def _load_last_msg_ids(self, group_ids: set[int]) -> None:
-        unknown = [group_id for group_id in sorted(group_ids) if group_id not in self._last_msg_ids]
-        if unknown:
-            self._last_msg_ids.update(await get_group_max_msg_ids(self.shards, unknown))
-
-    async def _allocate_msg_ids(self, batch: list[NewGroupMessage]) -> dict[int, int]:
-        """Take msg_ids for every group of the batch; return each group's first id.
-
-        Assigns ``msg_id`` to the messages in list order.
-        """
-        counts: dict[int, int] = {}
-        for message in batch:
-            counts[message.group_id] = counts.get(message.group_id, 0) + 1
-        group_ids = list(counts)
-        lasts = await self.cache.pipeline(
-            [("incrby", group_msg_id_key(group_id), counts[group_id]) for group_id in group_ids]
-        )
-        first_ids = {}
-        behind = []
-        for group_id, last in zip(group_ids, lasts):
-            first_ids[group_id] = last - counts[group_id] + 1
-            if first_ids[group_id] <= self._last_msg_ids[group_id]:
-                behind.append(group_id)
-        if behind:
-            first_ids.update(await self._recover_counters(behind, counts))
-
-        next_ids = dict(first_ids)
-        for message in batch:
-            message.msg_id = next_ids[message.group_id]
-            next_ids[message.group_id] += 1
-        for group_id, next_id in next_ids.items():
-            self._last_msg_ids[group_id] = next_id - 1
-        return first_ids
-
-    async def _recover_counters(self, group_ids: list[int], counts: dict[int, int]) -> dict[int, int]:
-        """Set counters that went back (the cache lost them) past every used id, then take ids again."""
-        stored = await get_group_max_msg_ids(self.shards, group_ids)
-        commands = []
-        for group_id in group_ids:
-            base = max(self._last_msg_ids[group_id], stored[group_id])
-            logger.warning("msg_id counter of group %d is behind (the cache lost it?): continuing after %d",
-                           group_id, base)
-            commands.append(("set", group_msg_id_key(group_id), base))
-            commands.append(("incrby", group_msg_id_key(group_id), counts[group_id]))
-        results = await self.cache.pipeline(commands)
-        return {group_id: results[2 * index + 1] - counts[group_id] + 1 for index, group_id in enumerate(group_ids)}
-
     async def _insert(
         self, batch: list[NewGroupMessage], session_ids: list[int], first_ids: dict[int, int], now: int
     ) -> list[NewGroupMessage]:
@@ -484,24 +440,11 @@ class GroupMessageStore:
             except Exception as exc:
                 logger.exception("storing %d group messages in %s failed; none of them is acknowledged",
                                  len(messages), db.name)
-                await self._give_back_msg_ids(messages, first_ids)
+                await self._counters.give_back((message.group_id for message in messages), first_ids)
                 _fail(messages, f"insert failed: {exc}")
                 continue
             stored.extend(messages)
         return stored
-
-    async def _give_back_msg_ids(self, failed: list[NewGroupMessage], first_ids: dict[int, int]) -> None:
-        """Set the counters of failed groups back to before this batch."""
-        group_ids = sorted({message.group_id for message in failed})
-        for group_id in group_ids:
-            self._last_msg_ids[group_id] = first_ids[group_id] - 1
-        try:
-            await self.cache.pipeline(
-                [("set", group_msg_id_key(group_id), first_ids[group_id] - 1) for group_id in group_ids]
-            )
-        except Exception:
-            # The counters now run ahead of the stored rows, which leaves a gap.
-            logger.exception("giving back msg_ids of groups %s failed", group_ids)
 
     async def _bump_counters(self, stored: list[NewGroupMessage]) -> None:
         """Add the messages to each group's total; a sender has read up to their own message."""

@@ -31,6 +31,7 @@ import trio
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.storage.cache import Cache
 from teamtalk.storage.database import Cursor, Database
+from teamtalk.storage.msg_ids import MsgIdCounters
 from teamtalk.storage.relations import find_or_create_relation_tx
 from teamtalk.storage.sessions import find_or_create_session_tx, touch_sessions_tx
 from teamtalk.storage.shards import ShardMap, message_table
@@ -328,8 +329,8 @@ class MessageStore:
         self.max_msg_data_length = max_msg_data_length
         self._relations: dict[tuple[int, int], int] = {}
         self._sessions: dict[tuple[int, int, int], int] = {}
-        #: Last msg_id handed out (or highest stored) per relation.
-        self._last_msg_ids: dict[int, int] = {}
+        self._counters = MsgIdCounters(unread_cache, msg_id_key,
+                                       lambda ids: get_max_msg_ids(shards, ids), "relation")
         self._lock = trio.Lock()
 
     @classmethod
@@ -347,7 +348,7 @@ class MessageStore:
 
     def forget_last_msg_ids(self) -> None:
         """Drop the remembered msg_ids, as a restarted process would start."""
-        self._last_msg_ids.clear()
+        self._counters.forget()
 
     async def store_messages(self, messages: Sequence[NewMessage], now: int | None = None) -> None:
         """Store messages; set ``msg_id`` on each stored one and ``error`` on the others.
@@ -378,7 +379,7 @@ class MessageStore:
         # Phase 1: relation and session ids, creating rows on first use.
         try:
             session_ids = await self._resolve_conversations(batch, now)
-            await self._load_last_msg_ids({message.relate_id for message in batch})
+            await self._counters.load(message.relate_id for message in batch)
         except Exception as exc:
             logger.exception("storing %d messages failed while looking up relations", len(batch))
             _fail(batch, f"relation lookup failed: {exc}")
@@ -386,7 +387,9 @@ class MessageStore:
 
         # Phase 2: msg_ids, one INCRBY per relation.
         try:
-            first_ids = await self._allocate_msg_ids(batch)
+            msg_ids, first_ids = await self._counters.allocate([message.relate_id for message in batch])
+            for message, msg_id in zip(batch, msg_ids):
+                message.msg_id = msg_id
         except Exception as exc:
             logger.exception("storing %d messages failed while taking msg_ids", len(batch))
             _fail(batch, f"msg_id allocation failed: {exc}")
@@ -434,63 +437,6 @@ class MessageStore:
             session_ids.append(self._sessions[(message.to_id, message.from_id, BD.SESSION_TYPE_SINGLE)])
         return sorted(set(session_ids))
 
-    async def _load_last_msg_ids(self, relate_ids: set[int]) -> None:
-        unknown = [relate_id for relate_id in sorted(relate_ids) if relate_id not in self._last_msg_ids]
-        if unknown:
-            self._last_msg_ids.update(await get_max_msg_ids(self.shards, unknown))
-
-    async def _allocate_msg_ids(self, batch: list[NewMessage]) -> dict[int, int]:
-        """Take msg_ids for every relation of the batch; return each relation's first id.
-
-        Assigns ``msg_id`` to the messages in list order.
-        """
-        counts: dict[int, int] = {}
-        for message in batch:
-            counts[message.relate_id] = counts.get(message.relate_id, 0) + 1
-        relate_ids = list(counts)
-        lasts = await self.cache.pipeline(
-            [("incrby", msg_id_key(relate_id), counts[relate_id]) for relate_id in relate_ids]
-        )
-        first_ids = {}
-        behind = []
-        for relate_id, last in zip(relate_ids, lasts):
-            first_ids[relate_id] = last - counts[relate_id] + 1
-            if first_ids[relate_id] <= self._last_msg_ids[relate_id]:
-                behind.append(relate_id)
-        if behind:
-            first_ids.update(await self._recover_counters(behind, counts))
-
-        next_ids = dict(first_ids)
-        for message in batch:
-            message.msg_id = next_ids[message.relate_id]
-            next_ids[message.relate_id] += 1
-        for relate_id, next_id in next_ids.items():
-            self._last_msg_ids[relate_id] = next_id - 1
-        return first_ids
-
-    async def _recover_counters(self, relate_ids: list[int], counts: dict[int, int]) -> dict[int, int]:
-        """Set counters that went back (the cache lost them) past every used id.
-
-        Each counter is set to the larger of the last id handed out and the
-        highest stored msgId, then incremented again for this batch.
-        """
-        stored = await get_max_msg_ids(self.shards, relate_ids)
-        commands = []
-        bases = {}
-        for relate_id in relate_ids:
-            bases[relate_id] = max(self._last_msg_ids[relate_id], stored[relate_id])
-            logger.warning(
-                "msg_id counter of relation %d is behind (the cache lost it?): continuing after %d",
-                relate_id, bases[relate_id],
-            )
-            commands.append(("set", msg_id_key(relate_id), bases[relate_id]))
-            commands.append(("incrby", msg_id_key(relate_id), counts[relate_id]))
-        results = await self.cache.pipeline(commands)
-        first_ids = {}
-        for index, relate_id in enumerate(relate_ids):
-            first_ids[relate_id] = results[2 * index + 1] - counts[relate_id] + 1
-        return first_ids
-
     async def _insert(
         self, batch: list[NewMessage], session_ids: list[int], first_ids: dict[int, int], now: int
     ) -> list[NewMessage]:
@@ -517,24 +463,11 @@ class MessageStore:
             except Exception as exc:
                 logger.exception("storing %d messages in %s failed; none of them is acknowledged",
                                  len(messages), db.name)
-                await self._give_back_msg_ids(messages, first_ids)
+                await self._counters.give_back((message.relate_id for message in messages), first_ids)
                 _fail(messages, f"insert failed: {exc}")
                 continue
             stored.extend(messages)
         return stored
-
-    async def _give_back_msg_ids(self, failed: list[NewMessage], first_ids: dict[int, int]) -> None:
-        """Set the counters of failed relations back to before this batch."""
-        relate_ids = sorted({message.relate_id for message in failed})
-        for relate_id in relate_ids:
-            self._last_msg_ids[relate_id] = first_ids[relate_id] - 1
-        try:
-            await self.cache.pipeline(
-                [("set", msg_id_key(relate_id), first_ids[relate_id] - 1) for relate_id in relate_ids]
-            )
-        except Exception:
-            # The counters now run ahead of the stored rows, which leaves a gap.
-            logger.exception("giving back msg_ids of relations %s failed", relate_ids)
 
     async def _bump_unread(self, stored: list[NewMessage], step: int = 1) -> None:
         if not stored:
