@@ -19,6 +19,12 @@ from teamtalk.pdu import Pdu, encode_pdu
 
 logger = logging.getLogger(__name__)
 
+# Client classes: a new login replaces older ones of the same class only.
+PC_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_WINDOWS, BD.CLIENT_TYPE_MAC})
+MOBILE_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_IOS, BD.CLIENT_TYPE_ANDROID})
+SINGLE_MSG_TYPES = frozenset({BD.MSG_TYPE_SINGLE_TEXT, BD.MSG_TYPE_SINGLE_AUDIO})
+GROUP_MSG_TYPES = frozenset({BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO})
+
 HEARTBEAT_PDU = encode_pdu(BD.SID_OTHER, BD.CID_OTHER_HEARTBEAT, IM_Other.IMHeartBeat().SerializeToString())
 
 # attach_data that msg_server puts on requests to db_proxy and that db_proxy

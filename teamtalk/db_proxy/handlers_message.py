@@ -32,7 +32,7 @@ from teamtalk.net.connection import Connection
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Message
 from teamtalk.pdu import Pdu
-from teamtalk.protocol import Dispatcher
+from teamtalk.protocol import GROUP_MSG_TYPES, Dispatcher
 from teamtalk.storage import Storage
 from teamtalk.storage.group_messages import GroupMessageStore, NewGroupMessage, check_new_group_message
 from teamtalk.storage.messages import (
@@ -53,7 +53,6 @@ DEFAULT_MAX_BATCH = 1000
 #: beyond this stops being read until the writer catches up.
 DEFAULT_MAX_QUEUED = 10_000
 
-_GROUP_MSG_TYPES = frozenset({BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO})
 _KNOWN_MSG_TYPES = frozenset(BD.MsgType.values())
 
 
@@ -166,7 +165,7 @@ class MessageHandlers:
         """Check a message and queue it for the writer; invalid ones are dropped without a response."""
         if request.create_time == 0:
             request.create_time = int(time.time())
-        if request.msg_type in _GROUP_MSG_TYPES:
+        if request.msg_type in GROUP_MSG_TYPES:
             await self._group_msg_data(connection, pdu, request)
             return
         message = NewMessage(

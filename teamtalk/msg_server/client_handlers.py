@@ -19,13 +19,19 @@ from teamtalk.net.connection import Connection
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Buddy, IM_Login, IM_Message, IM_Other, IM_Server
 from teamtalk.pdu import Pdu
-from teamtalk.protocol import Dispatcher, encode_attach_data, encode_message
-from teamtalk.msg_server.users import ClientState, MOBILE_CLIENT_TYPES, PC_CLIENT_TYPES
+from teamtalk.protocol import (
+    GROUP_MSG_TYPES,
+    MOBILE_CLIENT_TYPES,
+    PC_CLIENT_TYPES,
+    SINGLE_MSG_TYPES,
+    Dispatcher,
+    encode_attach_data,
+    encode_message,
+)
+from teamtalk.msg_server.users import ClientState
 
 logger = logging.getLogger(__name__)
 
-SINGLE_MSG_TYPES = frozenset({BD.MSG_TYPE_SINGLE_TEXT, BD.MSG_TYPE_SINGLE_AUDIO})
-GROUP_MSG_TYPES = frozenset({BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO})
 
 # result_string texts are shown to end users by the original clients.
 REFUSE_TEXT = {

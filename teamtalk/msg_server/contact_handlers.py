@@ -21,7 +21,13 @@ import logging
 from teamtalk.net.connection import Connection
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Buddy, IM_Group, IM_Login, IM_Server, IM_SwitchService
-from teamtalk.protocol import ATTACH_TYPE_HANDLE_AND_PDU, decode_attach_data, encode_attach_data, encode_message
+from teamtalk.protocol import (
+    ATTACH_TYPE_HANDLE_AND_PDU,
+    MOBILE_CLIENT_TYPES,
+    decode_attach_data,
+    encode_attach_data,
+    encode_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +181,7 @@ class ContactHandlers:
         # As in the original: only mobile clients have a push token, and the
         # client type stored with it is the one of the login.
         client_type = connection.state.client_type
-        if client_type not in (BD.CLIENT_TYPE_IOS, BD.CLIENT_TYPE_ANDROID):
+        if client_type not in MOBILE_CLIENT_TYPES:
             logger.info("dropping a device token from a PC client of user %d", connection.state.user_id)
             return
         message.client_type = client_type
@@ -185,7 +191,7 @@ class ContactHandlers:
         server = self.server
         user_id = connection.state.user_id
         result = 0
-        if connection.state.client_type not in (BD.CLIENT_TYPE_IOS, BD.CLIENT_TYPE_ANDROID):
+        if connection.state.client_type not in MOBILE_CLIENT_TYPES:
             logger.info("IMKickPCClientReq from non-mobile client of user %d rejected", user_id)
             result = 1
         else:

@@ -154,7 +154,3 @@ class GroupFanOut:
         for user_id in {*notify.cur_user_id_list, *notify.chg_user_id_list}:
             self.server.deliver_to_user(user_id, data, exclude=exclude)
         return data
-
-
-def stored_group_message(message) -> bool:
-    return message.msg_type in (BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO)

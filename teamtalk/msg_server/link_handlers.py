@@ -6,8 +6,7 @@ import logging
 
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Buddy, IM_Group, IM_Message, IM_Other, IM_Server, IM_SwitchService
-from teamtalk.protocol import Dispatcher, attach_handle, encode_message
-from teamtalk.msg_server.client_handlers import GROUP_MSG_TYPES
+from teamtalk.protocol import GROUP_MSG_TYPES, PC_CLIENT_TYPES, Dispatcher, attach_handle, encode_message
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ class LinkHandlers:
         if user is None:
             return
         for connection in user.connections:
-            if connection.state.client_type not in (BD.CLIENT_TYPE_WINDOWS, BD.CLIENT_TYPE_MAC):
+            if connection.state.client_type not in PC_CLIENT_TYPES:
                 connection.send(data)
 
     async def on_routed_p2p(self, link_connection, pdu, message) -> None:

@@ -256,7 +256,7 @@ class MsgServer:
         return kicked
 
     def deliver_to_user(self, user_id: int, data: bytes, *, exclude: Connection | None = None,
-                        pending_peer: int | None = None, msg_id: int = 0, pc_only: bool = False) -> int:
+                        pending_peer: int | None = None, msg_id: int = 0) -> int:
         """Send the same encoded PDU to every local device of a user.
 
         With ``pending_peer`` set, each delivery waits for the device's
@@ -267,7 +267,7 @@ class MsgServer:
             return 0
         sent = 0
         for connection in user.connections:
-            if connection is exclude or (pc_only and not is_pc(connection.state.client_type)):
+            if connection is exclude:
                 continue
             if connection.send(data):
                 sent += 1

@@ -17,9 +17,8 @@ import trio
 from teamtalk.net.connection import Connection
 from teamtalk.net.link import ServerLink
 from teamtalk.pb import IM_BaseDefine as BD
+from teamtalk.protocol import PC_CLIENT_TYPES
 
-PC_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_WINDOWS, BD.CLIENT_TYPE_MAC})
-MOBILE_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_IOS, BD.CLIENT_TYPE_ANDROID})
 
 
 def is_pc(client_type: int) -> bool:
@@ -64,8 +63,6 @@ class OnlineUser:
     def connections_of_class(self, client_type: int) -> list[Connection]:
         return [c for c in self.connections if same_client_class(c.state.client_type, client_type)]
 
-    def has_pc_client(self) -> bool:
-        return any(is_pc(c.state.client_type) for c in self.connections)
 
 
 class PendingAcks:

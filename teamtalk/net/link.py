@@ -82,11 +82,6 @@ class ServerLink:
         while not self.connected:
             await self._up.wait()
 
-    def drop(self, reason: str) -> None:
-        """Close the current connection; the link dials again by itself."""
-        if self.connection is not None:
-            self.connection.close(reason)
-
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep the link up until cancelled.  Starts at once (never waits)."""
         task_status.started()

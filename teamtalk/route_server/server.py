@@ -25,12 +25,10 @@ from teamtalk.net.server import PduServer
 from teamtalk.pb import IM_BaseDefine as BD
 from teamtalk.pb import IM_Buddy, IM_File, IM_Group, IM_Message, IM_Other, IM_Server, IM_SwitchService
 from teamtalk.pdu import Pdu
-from teamtalk.protocol import HEARTBEAT_PDU, Dispatcher, encode_message
+from teamtalk.protocol import GROUP_MSG_TYPES, HEARTBEAT_PDU, PC_CLIENT_TYPES, Dispatcher, encode_message
 
 logger = logging.getLogger(__name__)
 
-PC_CLIENT_TYPES = frozenset({BD.CLIENT_TYPE_WINDOWS, BD.CLIENT_TYPE_MAC})
-GROUP_MSG_TYPES = frozenset({BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO})
 
 
 class OnlineTable:

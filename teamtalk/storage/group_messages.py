@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import trio
 
 from teamtalk.pb import IM_BaseDefine as BD
+from teamtalk.protocol import GROUP_MSG_TYPES
 from teamtalk.storage.cache import Cache
 from teamtalk.storage.database import Cursor, Database
 from teamtalk.storage.msg_ids import MsgIdCounters
@@ -55,7 +56,6 @@ STATUS_OK = 0
 # NOTE: audio is stored like text, in IMGroupMessage_n.content, so audio
 # bytes that are not valid UTF-8 are rejected. The original keeps audio in
 # IMAudio and stores its id in content instead.
-GROUP_MSG_TYPES = frozenset({BD.MSG_TYPE_GROUP_TEXT, BD.MSG_TYPE_GROUP_AUDIO})
 
 _MESSAGE_COLUMNS = "groupId, userId, msgId, content, type, status, created, updated"
 _SELECT_COLUMNS = "groupId, msgId, userId, type, content, created"
