@@ -242,8 +242,8 @@ class Client:
     ConnectionClosed, and the event channel ends after its buffered events.
 
     All methods must be called from tasks of the Trio run that opened the
-    client. Requests time out after ``request_timeout`` seconds unless told
-    otherwise, and raise ClientTimeout.
+    client. Requests time out after ``request_timeout`` seconds unless a call
+    passes its own timeout, and then raise ClientTimeout.
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 Each ``run_*`` function is synchronous: it sets up logging, opens what the
 role needs, runs it under Trio until SIGINT or SIGTERM, and returns the
 process exit code.  Start-up failures (a port in use, a database that does
-not answer) are reported in one line naming the address, with exit code 1.
+not respond) are reported in one line naming the address, with exit code 1.
 """
 
 from __future__ import annotations

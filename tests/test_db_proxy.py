@@ -535,7 +535,7 @@ async def test_stop_accepting_and_drain(peer, proxy, users):
 
 
 async def test_validate_pipelined_burst_answers_each(peer, users):
-    # Forty requests sent at once are checked in batches; each gets its own answer, in order.
+    # Forty requests sent at once are checked in batches; each gets its own response, in order.
     names = ["alice", "bob", "nobody", "x' or '1'='1"] * 10
     passwords = {"alice": PASSWORD, "bob": PASSWORD}
     data = b""

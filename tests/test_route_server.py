@@ -163,7 +163,7 @@ async def test_group_change_notify_goes_to_every_other_link(nursery):
     notify = IM_Group.IMGroupChangeMemberNotify(user_id=1, change_type=BD.GROUP_MODIFY_TYPE_ADD, group_id=9,
                                                 cur_user_id_list=[1, 2], chg_user_id_list=[2])
     await a.send(BD.SID_GROUP, BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, notify)
-    # c holds no member but may cache the group's members, so it hears of the change too.
+    # c has no member online but may cache the group's members, so it gets the change too.
     for peer in (b, c):
         _, received = await peer.expect(BD.CID_GROUP_CHANGE_MEMBER_NOTIFY, IM_Group.IMGroupChangeMemberNotify)
         assert received.group_id == 9

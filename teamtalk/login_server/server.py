@@ -1,4 +1,4 @@
-"""login_server: tells clients which msg_server to use.
+"""login_server: chooses the msg_server each client should use.
 
 Three listeners: msg_servers register on one (``IMMsgServInfo``, then
 ``IMUserCntUpdate`` on every login and logout); clients ask over HTTP
@@ -107,7 +107,7 @@ class LoginServer:
     async def drain(self) -> None:
         """Return at once, because every response is computed in memory."""
 
-    # The answer, shared by HTTP and PDU clients
+    # The response, shared by HTTP and PDU clients
 
     def msg_server_answer(self) -> dict:
         code, entry = self.registry.pick()
@@ -211,7 +211,7 @@ class _MsgServerSide:
 
 
 class _ClientSide:
-    """Clients asking over PDUs which msg_server to use (the original never answered)."""
+    """Clients asking over PDUs which msg_server to use (the original's TCP port never responds)."""
 
     def __init__(self, login: LoginServer) -> None:
         self.login = login
@@ -271,7 +271,7 @@ async def _send_http(stream: trio.SocketStream, status: int, body: dict) -> None
 
 async def _discard_input(stream: trio.SocketStream) -> None:
     """Close our side and read what the client still sends, so closing does not reset
-    the connection before the client has read the answer."""
+    the connection before the client has read the response."""
     await stream.send_eof()
     with trio.move_on_after(1.0):
         while await stream.receive_some(65536):

@@ -2,8 +2,8 @@
 
 Before login a connection may only send heartbeats and ``IMLoginReq``;
 anything else is logged and dropped.  Requests that need storage are
-forwarded to db_proxy with the connection's handle in ``attach_data`` and
-answered from ``link_handlers`` when db_proxy replies.
+forwarded to db_proxy with the connection's handle in ``attach_data``, and
+``link_handlers`` returns db_proxy's responses to that connection.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Group chat on msg_server: fan-out of stored group messages and member changes.
 
-A stored group message (db_proxy's CID_MSG_DATA answer) goes to every
+A stored group message (db_proxy's CID_MSG_DATA response) goes to every
 device of every member on this msg_server, and once to route_server, which
 passes it to the other msg_servers; each of them delivers it to its own
 members' devices.  So every online device gets each message once.
@@ -109,7 +109,7 @@ class GroupFanOut:
                            "no db_proxy connected to fetch the member list", group_id, dropped)
 
     def is_member_fetch(self, message) -> bool:
-        """True if an IMGroupInfoListRsp answers one of our own member fetches."""
+        """Return True if an IMGroupInfoListRsp is the response to one of our own member fetches."""
         if not message.HasField("attach_data"):
             return False
         try:

@@ -83,7 +83,10 @@ class ServerLink:
             await self._up.wait()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the link up until cancelled.  Starts at once (never waits)."""
+        """Keep the link up until cancelled.
+
+        Reports started at once, before the first connection succeeds.
+        """
         task_status.started()
         delay = self.backoff_initial
         attempt = 0

@@ -225,7 +225,7 @@ class RouteServer:
             destinations.update(self.online.links_of(user_id))
         destinations.discard(origin)
         if not destinations:
-            logger.debug("no other msg_server holds users %s; command 0x%04x dropped",
+            logger.debug("no other msg_server has users %s online; command 0x%04x dropped",
                           list(user_ids), pdu.command_id)
             return
         data = pdu.encode()
